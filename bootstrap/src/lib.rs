@@ -1,0 +1,1 @@
+//! The bootstrap node: not built yet (issue #3).

@@ -1,0 +1,30 @@
+//! Cairn's pure core: everything two Cairn implementations must agree on,
+//! with no sockets, no async runtime, no clock and no randomness of its own
+//! (callers pass `now` and nonces in).
+//!
+//! - [`block`]: CIDs, and checking a block against its CID.
+//! - [`unixfs`]: import bytes and directories exactly as IPFS does; read
+//!   content or a byte range back from blocks, verifying each one.
+//! - [`car`]: CAR v1 read and write.
+//! - [`erasure`]: Reed-Solomon coding of segments into pieces.
+//! - [`manifest`]: the content-addressed record of how content became pieces,
+//!   and the [`manifest::Packer`] that produces it while importing.
+//! - [`proof`]: verified byte ranges of a piece and audit proofs.
+//! - [`record`]: signed storage receipts.
+//! - [`wire`]: the messages of Cairn's request-response protocols and their
+//!   bounded codec.
+//!
+//! Every decoder here takes a size limit and turns malformed input into an
+//! error value; none panics on input.
+
+pub mod block;
+pub mod car;
+pub mod erasure;
+pub mod frame;
+pub mod manifest;
+pub mod proof;
+pub mod record;
+pub mod unixfs;
+pub mod wire;
+
+pub use cid::Cid;

@@ -1,0 +1,307 @@
+//! Importing bytes and directories into UnixFS blocks.
+//!
+//! Memory is bounded by one chunk buffer plus at most [`MAX_LINKS`] pending
+//! links per tree level, whatever the content's size.
+
+use std::collections::BTreeMap;
+use std::io::{self, Read};
+
+use cid::Cid;
+use ipld_dagpb::{PbLink, PbNode};
+use prost::Message as _;
+
+use super::{CHUNK_SIZE, Data, DataType, MAX_DIRECTORY_LINK_BYTES, MAX_LINKS};
+use crate::block::{self, DAG_PB, RAW};
+
+/// Where an import puts its blocks, in the order it produces them: every
+/// block after the blocks it links to, the root last.
+pub trait BlockSink {
+    fn put(&mut self, cid: &Cid, block: &[u8]) -> io::Result<()>;
+}
+
+/// Discards blocks: computing a CID without storing anything.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NullSink;
+
+impl BlockSink for NullSink {
+    fn put(&mut self, _: &Cid, _: &[u8]) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<S: BlockSink + ?Sized> BlockSink for &mut S {
+    fn put(&mut self, cid: &Cid, block: &[u8]) -> io::Result<()> {
+        (**self).put(cid, block)
+    }
+}
+
+/// An imported file or directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry {
+    pub cid: Cid,
+    /// Bytes of content (0 for a directory).
+    pub file_size: u64,
+    /// Bytes of all blocks in the entry's DAG: the `Tsize` of a link to it.
+    pub dag_size: u64,
+}
+
+/// Imports one file's bytes, writing its blocks to `sink`.
+pub fn import_file(mut reader: impl Read, sink: &mut impl BlockSink) -> io::Result<Entry> {
+    let mut buf = vec![0u8; CHUNK_SIZE];
+    let mut tree = BalancedTree::default();
+    loop {
+        let n = read_full(&mut reader, &mut buf)?;
+        if n == 0 && tree.leaves > 0 {
+            break;
+        }
+        let chunk = &buf[..n];
+        let cid = block::sha256_cid(RAW, chunk);
+        sink.put(&cid, chunk)?;
+        let size = n as u64;
+        tree.push_leaf(
+            Entry {
+                cid,
+                file_size: size,
+                dag_size: size,
+            },
+            sink,
+        )?;
+        if n < CHUNK_SIZE {
+            break;
+        }
+    }
+    tree.finish(sink)
+}
+
+/// Reads until `buf` is full or the reader is exhausted.
+fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// The balanced layout built as a stream: `levels[i]` holds the links not yet
+/// gathered into a node at height `i + 1`. A level that reaches
+/// [`MAX_LINKS`] becomes a node at once, which gives the same tree as
+/// batching all leaves by 174, then all of those nodes by 174, and so on.
+#[derive(Default)]
+struct BalancedTree {
+    levels: Vec<Vec<Entry>>,
+    leaves: u64,
+}
+
+impl BalancedTree {
+    fn push_leaf(&mut self, leaf: Entry, sink: &mut impl BlockSink) -> io::Result<()> {
+        self.leaves += 1;
+        self.push(0, leaf, sink)
+    }
+
+    fn push(&mut self, level: usize, entry: Entry, sink: &mut impl BlockSink) -> io::Result<()> {
+        if self.levels.len() == level {
+            self.levels.push(Vec::with_capacity(MAX_LINKS));
+        }
+        self.levels[level].push(entry);
+        if self.levels[level].len() == MAX_LINKS {
+            let node = file_node(&std::mem::take(&mut self.levels[level]), sink)?;
+            self.push(level + 1, node, sink)?;
+        }
+        Ok(())
+    }
+
+    fn finish(mut self, sink: &mut impl BlockSink) -> io::Result<Entry> {
+        let mut level = 0;
+        loop {
+            let pending = std::mem::take(&mut self.levels[level]);
+            let higher = self.levels[level + 1..].iter().any(|l| !l.is_empty());
+            // The one entry left at the top is the root; a file of one chunk
+            // is its raw leaf.
+            if !higher && pending.len() == 1 {
+                return Ok(pending[0]);
+            }
+            if !pending.is_empty() {
+                let node = file_node(&pending, sink)?;
+                if self.levels.len() == level + 1 {
+                    self.levels.push(Vec::new());
+                }
+                self.levels[level + 1].push(node);
+            }
+            level += 1;
+        }
+    }
+}
+
+/// A dag-pb file node over `children`, written to `sink`.
+fn file_node(children: &[Entry], sink: &mut impl BlockSink) -> io::Result<Entry> {
+    let file_size = children.iter().map(|c| c.file_size).sum();
+    let data = Data {
+        r#type: DataType::File as i32,
+        filesize: Some(file_size),
+        blocksizes: children.iter().map(|c| c.file_size).collect(),
+        ..Default::default()
+    };
+    let links = children
+        .iter()
+        .map(|c| PbLink {
+            cid: c.cid,
+            name: Some(String::new()),
+            size: Some(c.dag_size),
+        })
+        .collect();
+    let node = write_node(links, data, sink)?;
+    Ok(Entry { file_size, ..node })
+}
+
+fn write_node(links: Vec<PbLink>, data: Data, sink: &mut impl BlockSink) -> io::Result<Entry> {
+    let links_size: u64 = links.iter().filter_map(|l| l.size).sum();
+    let bytes = PbNode {
+        links,
+        data: Some(data.encode_to_vec().into()),
+    }
+    .into_bytes();
+    let cid = block::sha256_cid(DAG_PB, &bytes);
+    sink.put(&cid, &bytes)?;
+    Ok(Entry {
+        cid,
+        file_size: 0,
+        dag_size: bytes.len() as u64 + links_size,
+    })
+}
+
+/// Why an entry cannot join a directory.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DirectoryError {
+    #[error("directory entry name {0:?} is empty, `.`, `..` or contains `/`")]
+    BadName(String),
+    #[error("directory already has an entry named {0:?}")]
+    Duplicate(String),
+    #[error(
+        "directory links take more than {MAX_DIRECTORY_LINK_BYTES} bytes; IPFS would shard it (HAMT), which Cairn does not support yet"
+    )]
+    TooLarge,
+}
+
+/// A plain UnixFS directory, built from already-imported entries.
+#[derive(Debug, Default)]
+pub struct DirectoryBuilder {
+    entries: BTreeMap<String, Entry>,
+    link_bytes: usize,
+}
+
+impl DirectoryBuilder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn add(&mut self, name: &str, entry: Entry) -> Result<(), DirectoryError> {
+        if name.is_empty() || name == "." || name == ".." || name.contains('/') {
+            return Err(DirectoryError::BadName(name.to_owned()));
+        }
+        if self.entries.contains_key(name) {
+            return Err(DirectoryError::Duplicate(name.to_owned()));
+        }
+        // The estimate IPFS uses to decide when to shard.
+        self.link_bytes += name.len() + entry.cid.encoded_len();
+        if self.link_bytes > MAX_DIRECTORY_LINK_BYTES {
+            return Err(DirectoryError::TooLarge);
+        }
+        self.entries.insert(name.to_owned(), entry);
+        Ok(())
+    }
+
+    /// Writes the directory node; links are sorted by name bytes.
+    pub fn finish(self, sink: &mut impl BlockSink) -> io::Result<Entry> {
+        let links = self
+            .entries
+            .into_iter()
+            .map(|(name, e)| PbLink {
+                cid: e.cid,
+                name: Some(name),
+                size: Some(e.dag_size),
+            })
+            .collect();
+        let data = Data {
+            r#type: DataType::Directory as i32,
+            ..Default::default()
+        };
+        write_node(links, data, sink)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Collects blocks, checking each against its CID.
+    #[derive(Default)]
+    struct Collect(Vec<(Cid, Vec<u8>)>);
+    impl BlockSink for Collect {
+        fn put(&mut self, cid: &Cid, block: &[u8]) -> io::Result<()> {
+            block::verify(cid, block).map_err(io::Error::other)?;
+            self.0.push((*cid, block.to_vec()));
+            Ok(())
+        }
+    }
+
+    fn import(len: usize) -> (Entry, Collect) {
+        let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        let mut sink = Collect::default();
+        let entry = import_file(&data[..], &mut sink).expect("import from memory");
+        (entry, sink)
+    }
+
+    #[test]
+    fn empty_and_one_chunk_files_are_their_raw_leaf() {
+        for len in [0, 1, CHUNK_SIZE] {
+            let (entry, sink) = import(len);
+            assert_eq!(sink.0.len(), 1, "{len} bytes");
+            assert_eq!(entry.cid.codec(), RAW);
+            assert_eq!(entry.file_size, len as u64);
+        }
+    }
+
+    #[test]
+    fn tree_shape_at_link_boundaries() {
+        // Exactly MAX_LINKS chunks: one node over all leaves.
+        let (entry, sink) = import(MAX_LINKS * CHUNK_SIZE);
+        assert_eq!(sink.0.len(), MAX_LINKS + 1);
+        assert_eq!(sink.0.last().map(|b| b.0), Some(entry.cid));
+        // One more chunk: two nodes under a new root.
+        let (entry, sink) = import(MAX_LINKS * CHUNK_SIZE + 1);
+        assert_eq!(sink.0.len(), MAX_LINKS + 1 + 3);
+        assert_eq!(entry.file_size, (MAX_LINKS * CHUNK_SIZE + 1) as u64);
+        let total: u64 = sink.0.iter().map(|b| b.1.len() as u64).sum();
+        assert_eq!(entry.dag_size, total);
+    }
+
+    #[test]
+    fn directory_rejects_bad_and_duplicate_names() {
+        let (file, _) = import(3);
+        let mut dir = DirectoryBuilder::new();
+        for bad in ["", ".", "..", "a/b"] {
+            assert_eq!(dir.add(bad, file), Err(DirectoryError::BadName(bad.into())));
+        }
+        dir.add("a", file).expect("first entry named a");
+        assert_eq!(
+            dir.add("a", file),
+            Err(DirectoryError::Duplicate("a".into()))
+        );
+    }
+
+    #[test]
+    fn empty_directory_has_the_ipfs_cid() {
+        let entry = DirectoryBuilder::new()
+            .finish(&mut NullSink)
+            .expect("no io");
+        assert_eq!(
+            entry.cid.to_string(),
+            "bafybeiczsscdsbs7ffqz55asqdf3smv6klcw3gofszvwlyarci47bgf354"
+        );
+    }
+}

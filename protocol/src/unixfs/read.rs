@@ -1,0 +1,335 @@
+//! Reading UnixFS content back from blocks.
+//!
+//! Every block is checked against its CID before any byte of it is used, and
+//! every claim a node makes (block sizes, file size) is checked against what
+//! its children actually hold: a source can withhold content but never make
+//! the reader return bytes that are not the content.
+
+use std::io::{self, Write};
+
+use cid::Cid;
+use ipld_dagpb::PbNode;
+use prost::Message as _;
+
+use super::{Data, DataType, MAX_BLOCK_SIZE};
+use crate::block::{self, DAG_PB, RAW};
+
+/// Deepest DAG the reader follows. A balanced DAG of 174-link nodes needs
+/// depth 9 for 2^64 bytes; anything deeper is malformed or hostile.
+pub const MAX_DEPTH: usize = 32;
+
+/// Where the reader gets blocks: a store, a CAR, the network.
+pub trait BlockSource {
+    /// The block's bytes; `io::ErrorKind::NotFound` when the source lacks it.
+    /// The reader verifies what it gets, so a source need not.
+    fn get(&mut self, cid: &Cid) -> io::Result<Vec<u8>>;
+}
+
+impl<S: BlockSource + ?Sized> BlockSource for &mut S {
+    fn get(&mut self, cid: &Cid) -> io::Result<Vec<u8>> {
+        (**self).get(cid)
+    }
+}
+
+impl BlockSource for std::collections::HashMap<Cid, Vec<u8>> {
+    fn get(&mut self, cid: &Cid) -> io::Result<Vec<u8>> {
+        std::collections::HashMap::get(self, cid)
+            .cloned()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no block {cid}")))
+    }
+}
+
+/// Why content could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("could not get block {cid}: {source}")]
+    Source { cid: Cid, source: io::Error },
+    #[error(transparent)]
+    Verify(#[from] block::VerifyError),
+    #[error("block {cid} is {len} bytes, over the {MAX_BLOCK_SIZE}-byte limit")]
+    TooLarge { cid: Cid, len: usize },
+    #[error("block {cid} is not valid UnixFS: {reason}")]
+    Malformed { cid: Cid, reason: String },
+    #[error("{cid} is a directory, not a file")]
+    IsDirectory { cid: Cid },
+    #[error("{cid} is not a UnixFS file or directory")]
+    Unsupported { cid: Cid },
+    #[error("DAG under {cid} is deeper than {MAX_DEPTH} levels")]
+    TooDeep { cid: Cid },
+    #[error("could not write output: {0}")]
+    Write(io::Error),
+}
+
+fn malformed(cid: &Cid, reason: impl Into<String>) -> ReadError {
+    ReadError::Malformed {
+        cid: *cid,
+        reason: reason.into(),
+    }
+}
+
+fn fetch(source: &mut impl BlockSource, cid: &Cid) -> Result<Vec<u8>, ReadError> {
+    let bytes = source
+        .get(cid)
+        .map_err(|source| ReadError::Source { cid: *cid, source })?;
+    if bytes.len() > MAX_BLOCK_SIZE {
+        return Err(ReadError::TooLarge {
+            cid: *cid,
+            len: bytes.len(),
+        });
+    }
+    block::verify(cid, &bytes)?;
+    Ok(bytes)
+}
+
+/// A decoded dag-pb UnixFS node.
+struct Node {
+    links: Vec<ipld_dagpb::PbLink>,
+    data: Data,
+}
+
+fn decode_node(cid: &Cid, bytes: Vec<u8>) -> Result<Node, ReadError> {
+    let node = PbNode::from_bytes(bytes.into()).map_err(|e| malformed(cid, e.to_string()))?;
+    let raw = node.data.ok_or_else(|| malformed(cid, "no Data field"))?;
+    let data = Data::decode(raw).map_err(|e| malformed(cid, e.to_string()))?;
+    Ok(Node {
+        links: node.links,
+        data,
+    })
+}
+
+/// Writes bytes `offset .. offset + len` of the file at `root` to `out` (to
+/// the end when `len` is `None`, clipped to the file's size) and returns how
+/// many bytes were written.
+pub fn read_range(
+    source: &mut impl BlockSource,
+    root: &Cid,
+    offset: u64,
+    len: Option<u64>,
+    out: &mut impl Write,
+) -> Result<u64, ReadError> {
+    let end = len.map_or(u64::MAX, |l| offset.saturating_add(l));
+    read_node(source, root, offset, end, out, 0)
+}
+
+/// Writes the part of the node's content in `start..end` (relative to the
+/// node) and returns the node's total content size as it proved to be.
+/// Children are checked to hold the sizes their parent claims only where
+/// they are read; `blocksizes` drive the skipping elsewhere.
+fn read_node(
+    source: &mut impl BlockSource,
+    cid: &Cid,
+    start: u64,
+    end: u64,
+    out: &mut impl Write,
+    depth: usize,
+) -> Result<u64, ReadError> {
+    if depth > MAX_DEPTH {
+        return Err(ReadError::TooDeep { cid: *cid });
+    }
+    let bytes = fetch(source, cid)?;
+    match cid.codec() {
+        RAW => {
+            write_overlap(&bytes, start, end, out)?;
+            Ok(bytes.len() as u64)
+        }
+        DAG_PB => {
+            let node = decode_node(cid, bytes)?;
+            match node.data.r#type() {
+                DataType::File | DataType::Raw => {}
+                DataType::Directory | DataType::HamtShard => {
+                    return Err(ReadError::IsDirectory { cid: *cid });
+                }
+                _ => return Err(ReadError::Unsupported { cid: *cid }),
+            }
+            if node.data.blocksizes.len() != node.links.len() {
+                return Err(malformed(cid, "blocksizes and links differ in number"));
+            }
+            let inline = node.data.data.as_deref().unwrap_or_default();
+            write_overlap(inline, start, end, out)?;
+            let mut pos = inline.len() as u64;
+            for (link, &size) in node.links.iter().zip(&node.data.blocksizes) {
+                let child_end = pos
+                    .checked_add(size)
+                    .ok_or_else(|| malformed(cid, "block sizes overflow"))?;
+                if child_end > start && pos < end {
+                    let (s, e) = (start.saturating_sub(pos), end.saturating_sub(pos).min(size));
+                    let actual = read_node(source, &link.cid, s, e, out, depth + 1)?;
+                    if actual != size {
+                        return Err(malformed(
+                            cid,
+                            format!("child {} holds {actual} bytes, not {size}", link.cid),
+                        ));
+                    }
+                }
+                pos = child_end;
+            }
+            if let Some(claimed) = node.data.filesize
+                && claimed != pos
+            {
+                return Err(malformed(
+                    cid,
+                    format!("filesize {claimed} but holds {pos}"),
+                ));
+            }
+            Ok(pos)
+        }
+        _ => Err(ReadError::Unsupported { cid: *cid }),
+    }
+}
+
+/// Writes the part of `bytes` (which start the node) inside `start..end`.
+fn write_overlap(
+    bytes: &[u8],
+    start: u64,
+    end: u64,
+    out: &mut impl Write,
+) -> Result<(), ReadError> {
+    let len = bytes.len() as u64;
+    let (from, to) = (start.min(len), end.min(len));
+    if from < to {
+        // Both are at most `bytes.len()`, so they fit in usize.
+        out.write_all(&bytes[from as usize..to as usize])
+            .map_err(ReadError::Write)?;
+    }
+    Ok(())
+}
+
+/// One entry of a directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirEntry {
+    pub name: String,
+    pub cid: Cid,
+    /// The link's `Tsize`: bytes of the entry's whole DAG.
+    pub dag_size: u64,
+}
+
+/// The entries of a plain UnixFS directory, in name order.
+pub fn list_directory(
+    source: &mut impl BlockSource,
+    cid: &Cid,
+) -> Result<Vec<DirEntry>, ReadError> {
+    if cid.codec() != DAG_PB {
+        return Err(ReadError::Unsupported { cid: *cid });
+    }
+    let node = decode_node(cid, fetch(source, cid)?)?;
+    match node.data.r#type() {
+        DataType::Directory => {}
+        DataType::HamtShard => return Err(ReadError::Unsupported { cid: *cid }),
+        _ => return Err(malformed(cid, "not a directory")),
+    }
+    node.links
+        .into_iter()
+        .map(|l| {
+            let name = l
+                .name
+                .ok_or_else(|| malformed(cid, "directory link without a name"))?;
+            if name.is_empty() || name == "." || name == ".." || name.contains('/') {
+                return Err(malformed(cid, format!("unsafe entry name {name:?}")));
+            }
+            Ok(DirEntry {
+                name,
+                cid: l.cid,
+                dag_size: l.size.unwrap_or(0),
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::unixfs::{BlockSink, CHUNK_SIZE, DirectoryBuilder, MAX_LINKS, import_file};
+
+    #[derive(Default)]
+    struct Store(HashMap<Cid, Vec<u8>>);
+    impl BlockSink for Store {
+        fn put(&mut self, cid: &Cid, block: &[u8]) -> io::Result<()> {
+            self.0.insert(*cid, block.to_vec());
+            Ok(())
+        }
+    }
+
+    fn content(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 % 253) as u8).collect()
+    }
+
+    fn read(store: &mut Store, root: &Cid, offset: u64, len: Option<u64>) -> Vec<u8> {
+        let mut out = Vec::new();
+        read_range(&mut store.0, root, offset, len, &mut out).expect("all blocks present");
+        out
+    }
+
+    #[test]
+    fn ranges_across_chunk_and_node_boundaries() {
+        let data = content((MAX_LINKS + 2) * CHUNK_SIZE + 17);
+        let mut store = Store::default();
+        let root = import_file(&data[..], &mut store).expect("import").cid;
+        assert_eq!(read(&mut store, &root, 0, None), data);
+        let c = CHUNK_SIZE as u64;
+        let node = MAX_LINKS as u64 * c;
+        for (off, len) in [
+            (0, 1),
+            (c - 1, 2),                   // across the first chunk boundary
+            (node - 5, 10),               // across the first file node's boundary
+            (node + c - 1, c),            // inside the second node
+            (data.len() as u64 - 3, 100), // clipped at the end
+            (data.len() as u64, 10),      // at the end: nothing
+        ] {
+            let want =
+                &data[(off as usize).min(data.len())..((off + len) as usize).min(data.len())];
+            assert_eq!(
+                read(&mut store, &root, off, Some(len)),
+                want,
+                "range {off}+{len}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_corrupted_block_is_never_returned() {
+        let data = content(3 * CHUNK_SIZE);
+        let mut store = Store::default();
+        let root = import_file(&data[..], &mut store).expect("import").cid;
+        let leaf = *store.0.keys().find(|c| c.codec() == RAW).expect("a leaf");
+        if let Some(b) = store.0.get_mut(&leaf) {
+            b[10] ^= 1;
+        }
+        let mut out = Vec::new();
+        let err = read_range(&mut store.0, &root, 0, None, &mut out).expect_err("corrupt leaf");
+        assert!(matches!(err, ReadError::Verify(_)), "{err}");
+    }
+
+    #[test]
+    fn a_missing_block_names_its_cid() {
+        let data = content(2 * CHUNK_SIZE);
+        let mut store = Store::default();
+        let root = import_file(&data[..], &mut store).expect("import").cid;
+        let leaf = *store.0.keys().find(|c| c.codec() == RAW).expect("a leaf");
+        store.0.remove(&leaf);
+        let err = read_range(&mut store.0, &root, 0, None, &mut Vec::new()).expect_err("gap");
+        assert!(
+            matches!(err, ReadError::Source { cid, .. } if cid == leaf),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn directories_list_and_refuse_to_be_read_as_files() {
+        let mut store = Store::default();
+        let a = import_file(&b"alpha"[..], &mut store).expect("import");
+        let mut dir = DirectoryBuilder::new();
+        dir.add("b.txt", a).expect("name");
+        dir.add("a.txt", a).expect("name");
+        let root = dir.finish(&mut store).expect("dir").cid;
+        let names: Vec<_> = list_directory(&mut store.0, &root)
+            .expect("listing")
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
+        assert_eq!(names, ["a.txt", "b.txt"]);
+        let err = read_range(&mut store.0, &root, 0, None, &mut Vec::new()).expect_err("dir");
+        assert!(matches!(err, ReadError::IsDirectory { .. }));
+    }
+}

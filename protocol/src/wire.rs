@@ -1,0 +1,377 @@
+//! The messages of Cairn's request-response protocols and their codec.
+//!
+//! Goals: every message is versioned (the variant name carries its version:
+//! a peer meeting an unknown variant gets a decode error, never a
+//! misreading); every read is bounded by a per-message limit checked before
+//! allocating; malformed input is an error value, never a panic.
+//! Non-goals: streaming a piece in parts (a piece is at most
+//! [`MAX_PIECE_SIZE`], one message), compression.
+//!
+//! A message on the wire is `uvarint(len) || DAG-CBOR(message)`, one request
+//! and one response per stream. See docs/PROTOCOL.md.
+
+use std::io::{Read, Write};
+
+use cid::Cid;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+
+use crate::frame::{self, FrameError};
+use crate::manifest::{MAX_MANIFEST_SIZE, MAX_PIECE_SIZE};
+use crate::proof::AuditProof;
+use crate::record::SignedReceipt;
+
+pub const STORE_PROTOCOL: &str = "/cairn/store/1.0.0";
+pub const FETCH_PROTOCOL: &str = "/cairn/fetch/1.0.0";
+pub const AUDIT_PROTOCOL: &str = "/cairn/audit/1.0.0";
+
+/// Room for a message's fields around its largest byte string.
+const ENVELOPE: usize = 64 * 1024;
+const MAX_PIECE: usize = MAX_PIECE_SIZE as usize;
+
+/// A message of one of Cairn's protocols, with its size limit.
+pub trait Message: Serialize + DeserializeOwned {
+    /// Largest encoded message (without its length prefix) accepted or sent.
+    const MAX_SIZE: usize;
+}
+
+// --- /cairn/store/1.0.0: storage negotiation and piece transfer ---
+
+/// Asks a node to keep a piece. An offer is answered with
+/// [`StoreResponse::AcceptedV1`] (space reserved) or
+/// [`StoreResponse::RejectedV1`]; a transfer that matches an accepted offer
+/// (same peer, piece and nonce) with [`StoreResponse::StoredV1`] once the
+/// piece is durably stored, or [`StoreResponse::FailedV1`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StoreRequest {
+    OfferV1(Offer),
+    TransferV1(Transfer),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Offer {
+    pub piece: Cid,
+    pub size: u64,
+    /// Unix seconds until which the piece is to be kept.
+    pub expires_at: u64,
+    /// Chosen by the offering side; ties the transfer and receipt to this offer.
+    #[serde(with = "serde_bytes")]
+    pub nonce: [u8; 16],
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transfer {
+    pub piece: Cid,
+    #[serde(with = "serde_bytes")]
+    pub nonce: [u8; 16],
+    pub data: ByteBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StoreResponse {
+    /// Space is reserved until `reserved_until` (unix seconds).
+    AcceptedV1 {
+        reserved_until: u64,
+    },
+    RejectedV1(RejectReason),
+    StoredV1(SignedReceipt),
+    FailedV1(TransferError),
+}
+
+/// Why a node declines an offer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RejectReason {
+    /// Not enough free capacity; `free` bytes are left.
+    OverCapacity {
+        free: u64,
+    },
+    /// Larger than the node takes.
+    TooLarge {
+        max: u64,
+    },
+    /// The expiry is outside what the node accepts.
+    ExpiryOutOfRange {
+        min: u64,
+        max: u64,
+    },
+    AlreadyHeld,
+    Busy,
+}
+
+/// Why a transfer was not stored; nothing of it was kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TransferError {
+    /// No accepted offer matches (or its reservation lapsed).
+    NoReservation,
+    SizeMismatch {
+        expected: u64,
+        got: u64,
+    },
+    /// The bytes do not hash to the piece CID.
+    HashMismatch,
+    /// The node could not write the piece.
+    Storage,
+}
+
+impl Message for StoreRequest {
+    const MAX_SIZE: usize = MAX_PIECE + ENVELOPE;
+}
+impl Message for StoreResponse {
+    const MAX_SIZE: usize = ENVELOPE;
+}
+
+// --- /cairn/fetch/1.0.0: pieces, verified ranges of pieces, manifests ---
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FetchRequest {
+    PieceV1 {
+        piece: Cid,
+    },
+    /// Bytes `offset .. offset + len` of a piece, with their proof.
+    RangeV1 {
+        piece: Cid,
+        offset: u64,
+        len: u64,
+    },
+    ManifestV1 {
+        manifest: Cid,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FetchResponse {
+    PieceV1 {
+        data: ByteBuf,
+    },
+    /// The range as [`crate::proof::encode_range`] encodes it, and the piece's size.
+    RangeV1 {
+        size: u64,
+        encoded: ByteBuf,
+    },
+    ManifestV1 {
+        data: ByteBuf,
+    },
+    NotFoundV1,
+    /// The request was understood but cannot be served (e.g. a range out of bounds).
+    FailedV1 {
+        reason: String,
+    },
+}
+
+impl Message for FetchRequest {
+    const MAX_SIZE: usize = 4096;
+}
+impl Message for FetchResponse {
+    // A whole-piece range carries 64 bytes of proof per KiB: under 1/16 more.
+    const MAX_SIZE: usize = if MAX_MANIFEST_SIZE > MAX_PIECE + MAX_PIECE / 16 {
+        MAX_MANIFEST_SIZE + ENVELOPE
+    } else {
+        MAX_PIECE + MAX_PIECE / 16 + ENVELOPE
+    };
+}
+
+// --- /cairn/audit/1.0.0: proofs of storage ---
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AuditRequest {
+    ChallengeV1 {
+        piece: Cid,
+        #[serde(with = "serde_bytes")]
+        nonce: [u8; 32],
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AuditResponse {
+    ProofV1(AuditProof),
+    NotFoundV1,
+}
+
+impl Message for AuditRequest {
+    const MAX_SIZE: usize = 4096;
+}
+impl Message for AuditResponse {
+    // 65 chunks of 1 KiB with up to 22 sibling pairs each (a 4 MiB piece), rounded up.
+    const MAX_SIZE: usize = 256 * 1024;
+}
+
+// --- codec ---
+
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    #[error("stream closed before a message")]
+    Closed,
+    #[error("message of {len} bytes exceeds the limit of {max}")]
+    TooLarge { len: usize, max: usize },
+    #[error("malformed message: {0}")]
+    Decode(String),
+    #[error("could not encode message: {0}")]
+    Encode(String),
+}
+
+/// Encodes a message body, refusing one over its limit.
+pub fn encode<M: Message>(msg: &M) -> Result<Vec<u8>, WireError> {
+    let body = serde_ipld_dagcbor::to_vec(msg).map_err(|e| WireError::Encode(e.to_string()))?;
+    if body.len() > M::MAX_SIZE {
+        return Err(WireError::TooLarge {
+            len: body.len(),
+            max: M::MAX_SIZE,
+        });
+    }
+    Ok(body)
+}
+
+/// Decodes a message body from untrusted bytes.
+pub fn decode<M: Message>(body: &[u8]) -> Result<M, WireError> {
+    if body.len() > M::MAX_SIZE {
+        return Err(WireError::TooLarge {
+            len: body.len(),
+            max: M::MAX_SIZE,
+        });
+    }
+    serde_ipld_dagcbor::from_slice(body).map_err(|e| WireError::Decode(e.to_string()))
+}
+
+/// Writes one length-prefixed message.
+pub fn write_message<M: Message>(out: &mut impl Write, msg: &M) -> Result<(), WireError> {
+    let body = encode(msg)?;
+    frame::write(out, &[&body]).map_err(|e| WireError::Frame(e.into()))
+}
+
+/// Reads one length-prefixed message, allocating at most `M::MAX_SIZE`.
+pub fn read_message<M: Message>(input: &mut impl Read) -> Result<M, WireError> {
+    let body = frame::read(input, M::MAX_SIZE)?.ok_or(WireError::Closed)?;
+    decode(&body)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fmt::Debug;
+
+    use super::*;
+    use crate::block::piece_cid;
+    use crate::proof;
+    use crate::record::Receipt;
+
+    fn round_trip<M: Message + PartialEq + Debug>(msg: M) {
+        let mut buf = Vec::new();
+        write_message(&mut buf, &msg).expect("encodes");
+        assert_eq!(read_message::<M>(&mut &buf[..]).expect("decodes"), msg);
+        // Every strict prefix is an error, not a panic or a different message.
+        for cut in 0..buf.len() {
+            assert!(
+                read_message::<M>(&mut &buf[..cut]).is_err(),
+                "prefix of {cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_message_round_trips() {
+        let piece = piece_cid(b"p");
+        let key = ed25519_dalek::SigningKey::from_bytes(&[5; 32]);
+        let receipt = Receipt {
+            node: [0; 32],
+            piece,
+            size: 1,
+            expires_at: 2,
+            nonce: [1; 16],
+        }
+        .sign(&key);
+        round_trip(StoreRequest::OfferV1(Offer {
+            piece,
+            size: 1,
+            expires_at: 3,
+            nonce: [7; 16],
+        }));
+        round_trip(StoreRequest::TransferV1(Transfer {
+            piece,
+            nonce: [7; 16],
+            data: ByteBuf::from(b"p".to_vec()),
+        }));
+        round_trip(StoreResponse::AcceptedV1 { reserved_until: 9 });
+        for reason in [
+            RejectReason::OverCapacity { free: 4 },
+            RejectReason::TooLarge { max: 5 },
+            RejectReason::ExpiryOutOfRange { min: 1, max: 2 },
+            RejectReason::AlreadyHeld,
+            RejectReason::Busy,
+        ] {
+            round_trip(StoreResponse::RejectedV1(reason));
+        }
+        round_trip(StoreResponse::StoredV1(receipt));
+        for e in [
+            TransferError::NoReservation,
+            TransferError::SizeMismatch {
+                expected: 1,
+                got: 2,
+            },
+            TransferError::HashMismatch,
+            TransferError::Storage,
+        ] {
+            round_trip(StoreResponse::FailedV1(e));
+        }
+        round_trip(FetchRequest::PieceV1 { piece });
+        round_trip(FetchRequest::RangeV1 {
+            piece,
+            offset: 1,
+            len: 2,
+        });
+        round_trip(FetchRequest::ManifestV1 { manifest: piece });
+        round_trip(FetchResponse::PieceV1 {
+            data: ByteBuf::from(vec![1, 2]),
+        });
+        round_trip(FetchResponse::RangeV1 {
+            size: 3,
+            encoded: ByteBuf::from(vec![3]),
+        });
+        round_trip(FetchResponse::ManifestV1 {
+            data: ByteBuf::from(vec![4]),
+        });
+        round_trip(FetchResponse::NotFoundV1);
+        round_trip(FetchResponse::FailedV1 {
+            reason: "range".into(),
+        });
+        round_trip(AuditRequest::ChallengeV1 {
+            piece,
+            nonce: [8; 32],
+        });
+        round_trip(AuditResponse::ProofV1(proof::prove(b"p", &[8; 32])));
+        round_trip(AuditResponse::NotFoundV1);
+    }
+
+    #[test]
+    fn oversized_messages_are_refused_both_ways() {
+        let big = StoreRequest::TransferV1(Transfer {
+            piece: piece_cid(b""),
+            nonce: [0; 16],
+            data: ByteBuf::from(vec![0; MAX_PIECE + ENVELOPE]),
+        });
+        assert!(matches!(encode(&big), Err(WireError::TooLarge { .. })));
+        // A length prefix over the limit is refused before reading the body.
+        let mut buf = unsigned_varint::encode::u64_buffer();
+        let prefix = unsigned_varint::encode::u64(StoreResponse::MAX_SIZE as u64 + 1, &mut buf);
+        assert!(matches!(
+            read_message::<StoreResponse>(&mut &prefix[..]),
+            Err(WireError::Frame(FrameError::TooLarge { .. }))
+        ));
+    }
+
+    #[test]
+    fn unknown_versions_and_garbage_are_decode_errors() {
+        let v2 = serde_ipld_dagcbor::to_vec(&std::collections::BTreeMap::from([("OfferV2", 1u8)]))
+            .expect("encodes");
+        assert!(matches!(
+            decode::<StoreRequest>(&v2),
+            Err(WireError::Decode(_))
+        ));
+        assert!(decode::<FetchRequest>(&[0xa1, 0xff, 0x00]).is_err());
+        assert!(matches!(
+            read_message::<AuditRequest>(&mut &[][..]),
+            Err(WireError::Closed)
+        ));
+    }
+}

@@ -1,0 +1,1 @@
+//! The simulator: not built yet (issue #5).

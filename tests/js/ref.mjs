@@ -1,0 +1,88 @@
+// Drives the IPFS ecosystem's reference implementations for Cairn's
+// compatibility tests. Every command prints one JSON document on stdout.
+//
+//   node ref.mjs hash FILE...        root CID of each file, importer defaults
+//   node ref.mjs dir DIR             root CID of a directory tree (hidden entries skipped, as `ipfs add -r`)
+//   node ref.mjs car FILE OUT.car    import FILE and write its blocks as a CAR v1
+//   node ref.mjs readcar IN.car      read a CAR with @ipld/car, verify every block, export the root's bytes
+import { importer } from 'ipfs-unixfs-importer'
+import { exporter } from 'ipfs-unixfs-exporter'
+import { MemoryBlockstore } from 'blockstore-core/memory'
+import { CarReader, CarWriter } from '@ipld/car'
+import { sha256 } from 'multiformats/hashes/sha2'
+import { CID } from 'multiformats/cid'
+import { createReadStream, createWriteStream, readdirSync, readFileSync, statSync } from 'node:fs'
+import { createHash } from 'node:crypto'
+import { join, basename } from 'node:path'
+import { Readable } from 'node:stream'
+
+async function importOne (entries, blockstore) {
+  let last
+  for await (const entry of importer(entries, blockstore)) last = entry
+  return last
+}
+
+function walk (dir, rel, out) {
+  out.push({ path: rel })
+  for (const name of readdirSync(dir).sort()) {
+    if (name.startsWith('.')) continue
+    const full = join(dir, name)
+    if (statSync(full).isDirectory()) walk(full, `${rel}/${name}`, out)
+    else out.push({ path: `${rel}/${name}`, content: createReadStream(full) })
+  }
+  return out
+}
+
+// Remembers every block with its full CID, in the order the importer wrote them.
+class RecordingBlockstore extends MemoryBlockstore {
+  written = new Map()
+  async put (cid, bytes, options) {
+    if (!this.written.has(cid.toString())) this.written.set(cid.toString(), { cid, bytes })
+    return super.put(cid, bytes, options)
+  }
+}
+
+const [cmd, ...args] = process.argv.slice(2)
+const bs = new RecordingBlockstore()
+if (cmd === 'hash') {
+  const cids = []
+  for (const file of args) {
+    const entry = await importOne([{ content: createReadStream(file) }], new MemoryBlockstore())
+    cids.push(entry.cid.toString())
+  }
+  console.log(JSON.stringify(cids))
+} else if (cmd === 'dir') {
+  const entries = walk(args[0], basename(args[0]), [])
+  let root
+  for await (const entry of importer(entries, bs)) if (entry.path === basename(args[0])) root = entry
+  console.log(JSON.stringify(root.cid.toString()))
+} else if (cmd === 'car') {
+  const entry = await importOne([{ content: createReadStream(args[0]) }], bs)
+  const { writer, out } = CarWriter.create([entry.cid])
+  const done = new Promise((resolve, reject) => Readable.from(out).pipe(createWriteStream(args[1])).on('finish', resolve).on('error', reject))
+  for (const block of bs.written.values()) await writer.put(block)
+  await writer.close()
+  await done
+  console.log(JSON.stringify(entry.cid.toString()))
+} else if (cmd === 'readcar') {
+  const reader = await CarReader.fromBytes(readFileSync(args[0]))
+  const roots = await reader.getRoots()
+  let blocks = 0
+  for await (const { cid, bytes } of reader.blocks()) {
+    const digest = await sha256.digest(bytes)
+    if (!equal(digest.bytes, cid.multihash.bytes)) throw new Error(`block ${cid} does not match its CID`)
+    await bs.put(cid, bytes)
+    blocks++
+  }
+  const hash = createHash('sha256')
+  const entry = await exporter(roots[0], bs)
+  for await (const chunk of entry.content()) hash.update(chunk)
+  console.log(JSON.stringify({ roots: roots.map(String), blocks, sha256: hash.digest('hex') }))
+} else {
+  console.error(`unknown command ${cmd}`)
+  process.exit(2)
+}
+
+function equal (a, b) {
+  return a.length === b.length && a.every((x, i) => x === b[i])
+}
