@@ -17,6 +17,11 @@
 //! Every decoder here takes a size limit and turns malformed input into an
 //! error value; none panics on input.
 
+// Offsets and lengths are u64 on the wire and on disk and are cast to usize
+// only after a bounds check; that needs usize to be 64 bits.
+#[cfg(not(target_pointer_width = "64"))]
+compile_error!("Cairn supports 64-bit targets only");
+
 pub mod block;
 pub mod car;
 pub mod erasure;

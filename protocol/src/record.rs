@@ -36,7 +36,7 @@ pub struct SignedReceipt {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RecordError {
     #[error("receipt is for piece {got}, expected {expected}")]
-    WrongPiece { expected: Cid, got: Cid },
+    WrongPiece { expected: String, got: String },
     #[error("receipt is from node key {got}, expected {expected}")]
     WrongNode { expected: String, got: String },
     #[error("receipt's node key is not a valid ed25519 key")]
@@ -70,8 +70,8 @@ impl SignedReceipt {
         let r = &self.receipt;
         if &r.piece != piece {
             return Err(RecordError::WrongPiece {
-                expected: *piece,
-                got: r.piece,
+                expected: piece.to_string(),
+                got: r.piece.to_string(),
             });
         }
         if let Some(node) = node

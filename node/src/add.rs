@@ -1,0 +1,71 @@
+//! Importing files and directory trees from disk, as `ipfs add` does.
+
+use std::fs::{self, File};
+use std::io::{self, BufReader};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result, bail};
+use cairn_protocol::unixfs::{BlockSink, DirectoryBuilder, Entry, import_file};
+
+/// How to walk a path.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// Import directories (`-r`).
+    pub recursive: bool,
+    /// Include names starting with `.` inside directories, as `ipfs add -r --hidden`.
+    pub hidden: bool,
+}
+
+/// Imports `path` (a file, or with `recursive` a directory tree), writing
+/// every block to `sink`, and returns the root entry.
+pub fn import_path(path: &Path, options: Options, sink: &mut impl BlockSink) -> Result<Entry> {
+    let meta = fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if meta.is_dir() {
+        if !options.recursive {
+            bail!("{} is a directory: use -r to add it", path.display());
+        }
+        import_dir(path, options, sink)
+    } else {
+        let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        import_file(BufReader::with_capacity(1 << 20, file), sink)
+            .with_context(|| format!("cannot import {}", path.display()))
+    }
+}
+
+fn import_dir(dir: &Path, options: Options, sink: &mut impl BlockSink) -> Result<Entry> {
+    let mut children: Vec<(String, PathBuf)> = Vec::new();
+    for item in fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
+        let item = item.with_context(|| format!("cannot list {}", dir.display()))?;
+        let path = item.path();
+        let Ok(name) = item.file_name().into_string() else {
+            bail!(
+                "{} is not valid UTF-8: UnixFS names must be",
+                path.display()
+            );
+        };
+        if name.starts_with('.') && !options.hidden {
+            continue;
+        }
+        let kind = item
+            .file_type()
+            .with_context(|| format!("cannot stat {}", path.display()))?;
+        if kind.is_symlink() {
+            bail!(
+                "{} is a symbolic link, which Cairn does not add yet",
+                path.display()
+            );
+        }
+        children.push((name, path));
+    }
+    let mut builder = DirectoryBuilder::new();
+    for (name, path) in children {
+        let entry = import_path(&path, options, sink)?;
+        builder
+            .add(&name, entry)
+            .with_context(|| format!("cannot add {}", path.display()))?;
+    }
+    builder
+        .finish(sink)
+        .map_err(|e: io::Error| anyhow::anyhow!(e))
+        .with_context(|| format!("cannot import {}", dir.display()))
+}

@@ -1,0 +1,6 @@
+//! The Cairn node and the library behind the `cairn` command.
+//!
+//! Networking and storage arrive with issue #3; today this crate turns files
+//! and directories on disk into UnixFS DAGs ([`add`]).
+
+pub mod add;

@@ -1,0 +1,148 @@
+//! Guards byte-for-byte compatibility with IPFS: Cairn's CIDs, directories
+//! and CARs against the ecosystem's reference implementation
+//! (ipfs-unixfs-importer with its defaults, which equal
+//! `ipfs add --cid-version 1`; @ipld/car; ipfs-unixfs-exporter).
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::Path;
+
+use anyhow::Result;
+use cairn_node::add::{self, Options};
+use cairn_protocol::Cid;
+use cairn_protocol::car::{CarReader, CarWriter};
+use cairn_protocol::unixfs::{self, CHUNK_SIZE, MAX_LINKS, NullSink};
+use cairn_tests::reference;
+use rand::{Rng, RngCore, SeedableRng};
+use sha2::Digest as _;
+
+fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut data = vec![0u8; len];
+    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut data);
+    data
+}
+
+fn cairn_cid(data: &[u8]) -> Result<String> {
+    Ok(unixfs::import_file(data, &mut NullSink)?.cid.to_string())
+}
+
+#[test]
+fn file_cids_match_the_reference_at_every_boundary() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut sizes = vec![
+        0,
+        1,
+        CHUNK_SIZE - 1,
+        CHUNK_SIZE,
+        CHUNK_SIZE + 1,
+        MAX_LINKS * CHUNK_SIZE, // exactly 174 chunks: one node over all leaves
+        MAX_LINKS * CHUNK_SIZE + 1, // a 175th chunk: a second level
+        (MAX_LINKS + 1) * CHUNK_SIZE,
+    ];
+    let mut rng = rand::rngs::StdRng::seed_from_u64(2);
+    sizes.extend((0..6).map(|_| rng.gen_range(0..3 * CHUNK_SIZE)));
+    let mut files = Vec::new();
+    let mut ours = Vec::new();
+    for (i, &len) in sizes.iter().enumerate() {
+        let data = random_bytes(len, i as u64);
+        let path = dir.path().join(format!("f{i}"));
+        fs::write(&path, &data)?;
+        ours.push(cairn_cid(&data)?);
+        files.push(path);
+    }
+    let refs: Vec<&Path> = files.iter().map(|p| p.as_path()).collect();
+    let theirs = reference::hash_files(&refs)?;
+    for ((len, ours), theirs) in sizes.iter().zip(&ours).zip(&theirs) {
+        assert_eq!(ours, theirs, "CID of {len} bytes");
+    }
+    Ok(())
+}
+
+#[test]
+fn directory_tree_cid_matches_the_reference() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let root = tmp.path().join("tree");
+    fs::create_dir_all(root.join("sub/deeper"))?;
+    fs::create_dir_all(root.join("empty"))?;
+    fs::write(root.join("a.txt"), b"alpha\n")?;
+    fs::write(root.join("B"), b"capital sorts first")?;
+    fs::write(root.join("a"), b"")?;
+    fs::write(root.join("zäh ünïcode"), b"utf-8 names sort by bytes")?;
+    fs::write(root.join(".hidden"), b"skipped by ipfs add -r")?;
+    fs::write(root.join("sub/big"), random_bytes(3 * CHUNK_SIZE + 10, 9))?;
+    fs::write(root.join("sub/deeper/x"), b"x")?;
+    let ours = add::import_path(
+        &root,
+        Options {
+            recursive: true,
+            hidden: false,
+        },
+        &mut NullSink,
+    )?;
+    assert_eq!(ours.cid.to_string(), reference::hash_dir(&root)?);
+    Ok(())
+}
+
+#[test]
+fn a_car_cairn_writes_is_read_by_the_reference() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let data = random_bytes(5 * CHUNK_SIZE + 3, 4);
+    let root = cairn_cid(&data)?;
+    let path = tmp.path().join("out.car");
+    let cid: Cid = root.parse()?;
+    let mut car = CarWriter::new(fs::File::create(&path)?, &[cid])?;
+    unixfs::import_file(&data[..], &mut car)?;
+    car.finish()?;
+    let summary = reference::read_car(&path)?;
+    assert_eq!(summary.roots, [root]);
+    assert_eq!(summary.blocks, 7, "6 leaves and their root");
+    assert_eq!(summary.sha256, hex(&sha2::Sha256::digest(&data)));
+    Ok(())
+}
+
+#[test]
+fn a_car_the_reference_writes_is_read_and_verified() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let data = random_bytes(4 * CHUNK_SIZE + 77, 5);
+    let file = tmp.path().join("in");
+    fs::write(&file, &data)?;
+    let car = tmp.path().join("in.car");
+    let root = reference::write_car(&file, &car)?;
+
+    let mut reader = CarReader::new(fs::File::open(&car)?)?;
+    assert_eq!(
+        reader
+            .roots()
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        std::slice::from_ref(&root)
+    );
+    let mut blocks = HashMap::new();
+    while let Some((cid, bytes)) = reader.next_block()? {
+        blocks.insert(cid, bytes);
+    }
+    let mut out = Vec::new();
+    unixfs::read_range(&mut blocks, &root.parse()?, 0, None, &mut out)?;
+    assert_eq!(out, data);
+
+    // Flip one byte inside each block in turn: the reader must reject the CAR.
+    assert_eq!(blocks.len(), 6, "5 leaves and their root");
+    let bytes = fs::read(&car)?;
+    for (cid, block) in &blocks {
+        let at = find(&bytes, block).expect("block bytes are in the CAR") + block.len() / 2;
+        let mut bad = bytes.clone();
+        bad[at] ^= 0x01;
+        let result: Result<Vec<_>, _> = CarReader::new(&bad[..])?.collect();
+        assert!(result.is_err(), "tampered block {cid} accepted");
+    }
+    Ok(())
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
