@@ -192,7 +192,7 @@ impl Message for AuditRequest {
     const MAX_SIZE: usize = 4096;
 }
 impl Message for AuditResponse {
-    // 65 chunks of 1 KiB with up to 22 sibling pairs each (a 4 MiB piece), rounded up.
+    // 65 chunks of 1 KiB with up to 12 sibling pairs each (a 4 MiB piece): ~115 KiB.
     const MAX_SIZE: usize = 256 * 1024;
 }
 
@@ -358,6 +358,29 @@ mod tests {
             read_message::<StoreResponse>(&mut &prefix[..]),
             Err(WireError::Frame(FrameError::TooLarge { .. }))
         ));
+    }
+
+    #[test]
+    fn the_largest_proofs_fit_their_limits() {
+        // A full-size piece: the deepest proof tree and the most bytes.
+        let piece: Vec<u8> = (0..MAX_PIECE).map(|i| (i % 251) as u8).collect();
+        let audit = AuditResponse::ProofV1(proof::prove(&piece, &[1; 32]));
+        assert!(encode(&audit).is_ok(), "audit proof over its limit");
+        let whole = proof::encode_range(&piece, 0..MAX_PIECE_SIZE).expect("in range");
+        let range = FetchResponse::RangeV1 {
+            size: MAX_PIECE_SIZE,
+            encoded: ByteBuf::from(whole),
+        };
+        assert!(encode(&range).is_ok(), "whole-piece range over its limit");
+        let transfer = StoreRequest::TransferV1(Transfer {
+            piece: piece_cid(&piece),
+            nonce: [0; 16],
+            data: ByteBuf::from(piece),
+        });
+        assert!(
+            encode(&transfer).is_ok(),
+            "full piece transfer over its limit"
+        );
     }
 
     #[test]
