@@ -10,7 +10,7 @@ use cairn_protocol::car::CarWriter;
 use cairn_protocol::erasure::Scheme;
 use cairn_protocol::manifest::Packer;
 use cairn_protocol::proof;
-use cairn_protocol::record::Receipt;
+use cairn_protocol::record::{Receipt, Terms};
 use cairn_protocol::unixfs::{self, NullSink};
 use cairn_protocol::wire::{self, *};
 use serde_bytes::ByteBuf;
@@ -45,12 +45,15 @@ fn main() -> std::io::Result<()> {
 
     let piece = block::piece_cid(&[7u8; 5000]);
     let key = ed25519_dalek::SigningKey::from_bytes(&[1; 32]);
-    let receipt = Receipt {
-        node: [0; 32],
+    let terms = Terms {
         piece,
         size: 5000,
-        expires_at: 1,
-        nonce: [2; 16],
+        expires_at: 9,
+        nonce: [3; 16],
+    };
+    let receipt = Receipt {
+        node: [0; 32],
+        terms: terms.clone(),
     }
     .sign(&key);
     let write = |name: &str, body: Result<Vec<u8>, WireError>| -> std::io::Result<()> {
@@ -59,13 +62,7 @@ fn main() -> std::io::Result<()> {
             body.map_err(std::io::Error::other)?,
         )
     };
-    let offer = Offer {
-        piece,
-        size: 5000,
-        expires_at: 9,
-        nonce: [3; 16],
-    };
-    write("offer", wire::encode(&StoreRequest::OfferV1(offer)))?;
+    write("offer", wire::encode(&StoreRequest::OfferV1(terms)))?;
     write(
         "transfer",
         wire::encode(&StoreRequest::TransferV1(Transfer {

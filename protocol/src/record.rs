@@ -11,19 +11,27 @@ use serde::{Deserialize, Serialize};
 /// Signature domain of storage receipts, version 1.
 pub const RECEIPT_DOMAIN: &[u8] = b"cairn/receipt/v1\0";
 
-/// A node's promise to keep a piece until `expires_at`.
+/// The terms of a storage deal: what a client offers a node, and what the
+/// node's receipt promises.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Terms {
+    pub piece: Cid,
+    pub size: u64,
+    /// Unix seconds until which the piece is kept.
+    pub expires_at: u64,
+    /// Chosen by the offering side: ties a transfer and its receipt to one
+    /// offer, so a receipt cannot be replayed for another.
+    #[serde(with = "serde_bytes")]
+    pub nonce: [u8; 16],
+}
+
+/// A node's promise to keep a piece on the given terms.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Receipt {
     /// The storing node's ed25519 public key.
     #[serde(with = "serde_bytes")]
     pub node: [u8; 32],
-    pub piece: Cid,
-    pub size: u64,
-    /// Unix seconds.
-    pub expires_at: u64,
-    /// The nonce of the storage offer this answers, so a receipt cannot be replayed for another offer.
-    #[serde(with = "serde_bytes")]
-    pub nonce: [u8; 16],
+    pub terms: Terms,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,10 +76,10 @@ impl SignedReceipt {
     /// (when the caller knows which node it dealt with).
     pub fn verify(&self, piece: &Cid, node: Option<&[u8; 32]>) -> Result<(), RecordError> {
         let r = &self.receipt;
-        if &r.piece != piece {
+        if &r.terms.piece != piece {
             return Err(RecordError::WrongPiece {
                 expected: piece.to_string(),
-                got: r.piece.to_string(),
+                got: r.terms.piece.to_string(),
             });
         }
         if let Some(node) = node
@@ -105,10 +113,12 @@ mod tests {
         let piece = piece_cid(b"piece");
         let r = Receipt {
             node: [0; 32],
-            piece,
-            size: 5,
-            expires_at: 1_900_000_000,
-            nonce: [3; 16],
+            terms: Terms {
+                piece,
+                size: 5,
+                expires_at: 1_900_000_000,
+                nonce: [3; 16],
+            },
         };
         (r.sign(&key(1)), piece)
     }
@@ -127,12 +137,12 @@ mod tests {
     fn any_change_breaks_the_receipt() {
         let (signed, piece) = receipt();
         let changes: [fn(&mut SignedReceipt); 6] = [
-            |s| s.receipt.size += 1,
-            |s| s.receipt.expires_at += 1,
-            |s| s.receipt.nonce[0] ^= 1,
+            |s| s.receipt.terms.size += 1,
+            |s| s.receipt.terms.expires_at += 1,
+            |s| s.receipt.terms.nonce[0] ^= 1,
             |s| s.receipt.node = key(2).verifying_key().to_bytes(),
             |s| s.signature[0] ^= 1,
-            |s| s.receipt.piece = piece_cid(b"other"),
+            |s| s.receipt.terms.piece = piece_cid(b"other"),
         ];
         for (i, change) in changes.iter().enumerate() {
             let mut s = signed.clone();
@@ -149,7 +159,7 @@ mod tests {
             signed.verify(&other, None),
             Err(RecordError::WrongPiece { .. })
         ));
-        let piece = signed.receipt.piece;
+        let piece = signed.receipt.terms.piece;
         let stranger = key(2).verifying_key().to_bytes();
         assert!(matches!(
             signed.verify(&piece, Some(&stranger)),

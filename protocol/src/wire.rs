@@ -20,7 +20,7 @@ use serde_bytes::ByteBuf;
 use crate::frame::{self, FrameError};
 use crate::manifest::{MAX_MANIFEST_SIZE, MAX_PIECE_SIZE};
 use crate::proof::AuditProof;
-use crate::record::SignedReceipt;
+use crate::record::{SignedReceipt, Terms};
 
 pub const STORE_PROTOCOL: &str = "/cairn/store/1.0.0";
 pub const FETCH_PROTOCOL: &str = "/cairn/fetch/1.0.0";
@@ -45,19 +45,9 @@ pub trait Message: Serialize + DeserializeOwned {
 /// piece is durably stored, or [`StoreResponse::FailedV1`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StoreRequest {
-    OfferV1(Offer),
+    /// The terms the receipt will sign if the node stores the piece.
+    OfferV1(Terms),
     TransferV1(Transfer),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Offer {
-    pub piece: Cid,
-    pub size: u64,
-    /// Unix seconds until which the piece is to be kept.
-    pub expires_at: u64,
-    /// Chosen by the offering side; ties the transfer and receipt to this offer.
-    #[serde(with = "serde_bytes")]
-    pub nonce: [u8; 16],
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -254,7 +244,7 @@ mod tests {
     use super::*;
     use crate::block::piece_cid;
     use crate::proof;
-    use crate::record::Receipt;
+    use crate::record::{Receipt, Terms};
 
     fn round_trip<M: Message + PartialEq + Debug>(msg: M) {
         let mut buf = Vec::new();
@@ -273,20 +263,18 @@ mod tests {
     fn every_message_round_trips() {
         let piece = piece_cid(b"p");
         let key = ed25519_dalek::SigningKey::from_bytes(&[5; 32]);
-        let receipt = Receipt {
-            node: [0; 32],
+        let terms = Terms {
             piece,
             size: 1,
             expires_at: 2,
             nonce: [1; 16],
+        };
+        let receipt = Receipt {
+            node: [0; 32],
+            terms: terms.clone(),
         }
         .sign(&key);
-        round_trip(StoreRequest::OfferV1(Offer {
-            piece,
-            size: 1,
-            expires_at: 3,
-            nonce: [7; 16],
-        }));
+        round_trip(StoreRequest::OfferV1(terms));
         round_trip(StoreRequest::TransferV1(Transfer {
             piece,
             nonce: [7; 16],
