@@ -1,7 +1,7 @@
 //! Importing files and directory trees from disk, as `ipfs add` does.
 
 use std::fs::{self, File};
-use std::io::{self, BufReader};
+use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, bail};
@@ -66,6 +66,5 @@ fn import_dir(dir: &Path, options: Options, sink: &mut impl BlockSink) -> Result
     }
     builder
         .finish(sink)
-        .map_err(|e: io::Error| anyhow::anyhow!(e))
         .with_context(|| format!("cannot import {}", dir.display()))
 }

@@ -100,19 +100,18 @@ fn main() -> std::io::Result<()> {
             nonce: [4; 32],
         }),
     )?;
-    write(
-        "proof",
-        wire::encode(&AuditResponse::ProofV1(proof::prove(
-            &[7u8; 5000],
-            &[4; 32],
-        ))),
-    )?;
+    let audit = proof::prove(&[7u8; 5000], &[4; 32]).map_err(std::io::Error::other)?;
+    write("proof", wire::encode(&AuditResponse::ProofV1(audit)))?;
 
     // The proof target reads: size (2 bytes LE), nonce byte, range start and
     // length (2 bytes LE each), 3 spare bytes, then the encoded proof.
     let nonce = [5u8; 32];
     let mut seed = vec![0x88, 0x13, 5, 0, 0, 0x88, 0x13, 0, 0, 0];
-    seed.extend(proof::prove(&[7u8; 5000], &nonce).encoded);
+    seed.extend(
+        proof::prove(&[7u8; 5000], &nonce)
+            .map_err(std::io::Error::other)?
+            .encoded,
+    );
     fs::write(out.join("proof/audit"), seed)?;
     let mut seed = vec![0x88, 0x13, 5, 0x10, 0, 0x20, 0, 0, 0, 0];
     seed.extend(proof::encode_range(&[7u8; 5000], 16..48).map_err(std::io::Error::other)?);

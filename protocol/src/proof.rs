@@ -69,9 +69,7 @@ fn decode(
     encoded: &[u8],
 ) -> Result<Vec<(u64, Vec<u8>)>, ProofError> {
     let root = block::blake3_root(cid).ok_or(ProofError::NotAPiece { cid: *cid })?;
-    if size == 0 || size > MAX_PIECE_SIZE {
-        return Err(ProofError::Size { size });
-    }
+    check_size(size)?;
     let invalid = |reason: String| ProofError::Invalid { cid: *cid, reason };
     let mut reader = encoded;
     let mut leaves = Vec::new();
@@ -91,7 +89,7 @@ fn decode(
 
 /// Bytes `range` of `piece` with the proof that they belong to it.
 pub fn encode_range(piece: &[u8], range: Range<u64>) -> Result<Vec<u8>, ProofError> {
-    let size = piece.len() as u64;
+    let size = check_size(piece.len() as u64)?;
     if range.start >= range.end || range.end > size {
         return Err(ProofError::Range {
             start: range.start,
@@ -159,12 +157,20 @@ pub struct AuditProof {
 }
 
 /// Answers an audit challenge from the piece's bytes.
-pub fn prove(piece: &[u8], nonce: &[u8; 32]) -> AuditProof {
-    let size = piece.len() as u64;
-    AuditProof {
+pub fn prove(piece: &[u8], nonce: &[u8; 32]) -> Result<AuditProof, ProofError> {
+    let size = check_size(piece.len() as u64)?;
+    Ok(AuditProof {
         size,
         encoded: encode(piece, &sample_chunks(nonce, size)),
+    })
+}
+
+/// Pieces are never empty and at most [`MAX_PIECE_SIZE`].
+fn check_size(size: u64) -> Result<u64, ProofError> {
+    if size == 0 || size > MAX_PIECE_SIZE {
+        return Err(ProofError::Size { size });
     }
+    Ok(size)
 }
 
 /// Answers a challenge from bytes that may not be the piece, against the
@@ -212,7 +218,7 @@ mod tests {
         for len in [1, 1023, 1024, 1025, 300_000] {
             let (data, cid) = piece(len, len as u64);
             let nonce = [len as u8; 32];
-            let proof = prove(&data, &nonce);
+            let proof = prove(&data, &nonce).expect("a valid piece");
             verify(&cid, &nonce, &proof).expect("honest proof");
             if len == 300_000 {
                 // Large enough that another nonce samples other chunks.
@@ -252,6 +258,11 @@ mod tests {
             assert!(decode_range(&cid, size, range, &bad).is_err());
         }
         assert!(encode_range(&data, 5..20_000).is_err());
+        assert!(matches!(
+            prove(&[], &[0; 32]),
+            Err(ProofError::Size { size: 0 })
+        ));
+        assert!(encode_range(&[], 0..1).is_err());
         assert!(decode_range(&cid, size, 3..3, &[]).is_err());
     }
 

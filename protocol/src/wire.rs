@@ -327,7 +327,9 @@ mod tests {
             piece,
             nonce: [8; 32],
         });
-        round_trip(AuditResponse::ProofV1(proof::prove(b"p", &[8; 32])));
+        round_trip(AuditResponse::ProofV1(
+            proof::prove(b"p", &[8; 32]).expect("a piece"),
+        ));
         round_trip(AuditResponse::NotFoundV1);
     }
 
@@ -352,7 +354,7 @@ mod tests {
     fn the_largest_proofs_fit_their_limits() {
         // A full-size piece: the deepest proof tree and the most bytes.
         let piece: Vec<u8> = (0..MAX_PIECE).map(|i| (i % 251) as u8).collect();
-        let audit = AuditResponse::ProofV1(proof::prove(&piece, &[1; 32]));
+        let audit = AuditResponse::ProofV1(proof::prove(&piece, &[1; 32]).expect("a piece"));
         assert!(encode(&audit).is_ok(), "audit proof over its limit");
         let whole = proof::encode_range(&piece, 0..MAX_PIECE_SIZE).expect("in range");
         let range = FetchResponse::RangeV1 {
