@@ -185,6 +185,28 @@ mod tests {
         assert_eq!(got, cids);
     }
 
+    proptest::proptest! {
+        // Any blocks, any roots: what is written is read back in order.
+        #[test]
+        fn any_blocks_round_trip(
+            blocks in proptest::collection::vec(proptest::collection::vec(0u8..=255, 0..3000), 0..20),
+            roots in 0usize..3,
+        ) {
+            let cids: Vec<Cid> = blocks.iter().map(|b| sha256_cid(RAW, b)).collect();
+            let roots = &cids[..roots.min(cids.len())];
+            let mut w = CarWriter::new(Vec::new(), roots).expect("vec");
+            for (c, b) in cids.iter().zip(&blocks) {
+                w.put(c, b).expect("vec");
+            }
+            let bytes = w.finish().expect("vec");
+            let mut r = CarReader::new(&bytes[..]).expect("header");
+            proptest::prop_assert_eq!(r.roots(), roots);
+            let read: Vec<(Cid, Vec<u8>)> = r.by_ref().collect::<Result<_, _>>().expect("valid");
+            let written: Vec<(Cid, Vec<u8>)> = cids.into_iter().zip(blocks).collect();
+            proptest::prop_assert_eq!(read, written);
+        }
+    }
+
     #[test]
     fn a_block_that_does_not_match_its_cid_is_rejected() {
         let (_, mut bytes) = car(&[b"one", b"two"]);

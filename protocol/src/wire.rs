@@ -243,7 +243,7 @@ mod tests {
 
     use super::*;
     use crate::block::piece_cid;
-    use crate::proof;
+    use crate::proof::{self, AuditProof};
     use crate::record::{Receipt, Terms};
 
     fn round_trip<M: Message + PartialEq + Debug>(msg: M) {
@@ -331,6 +331,46 @@ mod tests {
             proof::prove(b"p", &[8; 32]).expect("a piece"),
         ));
         round_trip(AuditResponse::NotFoundV1);
+    }
+
+    proptest::proptest! {
+        // Every field value survives the codec, in each protocol.
+        #[test]
+        fn messages_with_any_fields_round_trip(
+            size: u64, expires_at: u64, offset: u64, len: u64,
+            nonce: [u8; 16], challenge: [u8; 32],
+            data in proptest::collection::vec(0u8..=255, 0..2000),
+            reason in ".{0,40}",
+        ) {
+            let piece = piece_cid(&data);
+            let terms = Terms { piece, size, expires_at, nonce };
+            let decoded = |b: Vec<u8>| ByteBuf::from(b);
+            for msg in [
+                StoreRequest::OfferV1(terms.clone()),
+                StoreRequest::TransferV1(Transfer { piece, nonce, data: decoded(data.clone()) }),
+            ] {
+                proptest::prop_assert_eq!(decode::<StoreRequest>(&encode(&msg).expect("fits")).expect("decodes"), msg);
+            }
+            for msg in [
+                StoreResponse::AcceptedV1 { reserved_until: expires_at },
+                StoreResponse::RejectedV1(RejectReason::ExpiryOutOfRange { min: offset, max: len }),
+                StoreResponse::FailedV1(TransferError::SizeMismatch { expected: size, got: len }),
+            ] {
+                proptest::prop_assert_eq!(decode::<StoreResponse>(&encode(&msg).expect("fits")).expect("decodes"), msg);
+            }
+            let msg = FetchRequest::RangeV1 { piece, offset, len };
+            proptest::prop_assert_eq!(decode::<FetchRequest>(&encode(&msg).expect("fits")).expect("decodes"), msg);
+            for msg in [
+                FetchResponse::RangeV1 { size, encoded: decoded(data.clone()) },
+                FetchResponse::FailedV1 { reason: reason.clone() },
+            ] {
+                proptest::prop_assert_eq!(decode::<FetchResponse>(&encode(&msg).expect("fits")).expect("decodes"), msg);
+            }
+            let msg = AuditRequest::ChallengeV1 { piece, nonce: challenge };
+            proptest::prop_assert_eq!(decode::<AuditRequest>(&encode(&msg).expect("fits")).expect("decodes"), msg);
+            let msg = AuditResponse::ProofV1(AuditProof { size, encoded: data });
+            proptest::prop_assert_eq!(decode::<AuditResponse>(&encode(&msg).expect("fits")).expect("decodes"), msg);
+        }
     }
 
     #[test]
