@@ -90,13 +90,7 @@ fn decode(
 /// Bytes `range` of `piece` with the proof that they belong to it.
 pub fn encode_range(piece: &[u8], range: Range<u64>) -> Result<Vec<u8>, ProofError> {
     let size = check_size(piece.len() as u64)?;
-    if range.start >= range.end || range.end > size {
-        return Err(ProofError::Range {
-            start: range.start,
-            end: range.end,
-            size,
-        });
-    }
+    check_range(&range, size)?;
     Ok(encode(piece, &chunks(range)))
 }
 
@@ -108,13 +102,7 @@ pub fn decode_range(
     range: Range<u64>,
     encoded: &[u8],
 ) -> Result<Vec<u8>, ProofError> {
-    if range.start >= range.end || range.end > size {
-        return Err(ProofError::Range {
-            start: range.start,
-            end: range.end,
-            size,
-        });
-    }
+    check_range(&range, size)?;
     let leaves = decode(cid, size, &chunks(range.clone()), encoded)?;
     let mut out = Vec::with_capacity((range.end - range.start) as usize);
     for (offset, data) in leaves {
@@ -163,6 +151,18 @@ pub fn prove(piece: &[u8], nonce: &[u8; 32]) -> Result<AuditProof, ProofError> {
         size,
         encoded: encode(piece, &sample_chunks(nonce, size)),
     })
+}
+
+/// A range is non-empty and within the piece.
+fn check_range(range: &Range<u64>, size: u64) -> Result<(), ProofError> {
+    if range.start >= range.end || range.end > size {
+        return Err(ProofError::Range {
+            start: range.start,
+            end: range.end,
+            size,
+        });
+    }
+    Ok(())
 }
 
 /// Pieces are never empty and at most [`MAX_PIECE_SIZE`].
