@@ -4,3 +4,4 @@
 //! and directories on disk into UnixFS DAGs ([`add`]).
 
 pub mod add;
+pub mod store;

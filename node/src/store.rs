@@ -1,0 +1,989 @@
+//! The piece store: piece bytes in files, an index in redb.
+//!
+//! Layout of a data directory's store (see docs/PROTOCOL.md §9):
+//! - `pieces/<xy>/<cid>`: one file per piece, `xy` the CID's last two characters;
+//! - `tmp/<cid>`: a piece being written; `trash/<cid>`: a piece being deleted;
+//! - `index.redb`: tables `pieces-0` (CID → [`Entry`]), `expiry-0`
+//!   ((expires_at, CID) → ()) and `meta-0` (`used`, `count`).
+//!
+//! Invariants, kept across crashes at any point:
+//! - a file in `pieces/` has an index entry, and an entry has its file;
+//! - `meta-0.used` is the sum of the sizes in `pieces-0`.
+//!
+//! A write goes tmp file, fsync, index commit (durable), rename into
+//! `pieces/`, directory fsync; a delete goes rename into `trash/`, index
+//! commit, unlink. So after a crash only `tmp/` and `trash/` can hold strays,
+//! and [`Store::open`] settles each by whether the index has its CID: the
+//! startup check costs the number of operations in flight, not the number of
+//! pieces held.
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::{self, Read as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use cairn_protocol::block;
+use cairn_protocol::manifest::MAX_PIECE_SIZE;
+use cairn_protocol::proof::{self, AuditProof};
+use cairn_protocol::record::{SignedReceipt, Terms};
+use cairn_protocol::wire::{RejectReason, Transfer, TransferError};
+use cid::Cid;
+use redb::{Database, Durability, ReadableDatabase as _, ReadableTable as _, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+const PIECES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("pieces-0");
+const EXPIRY: TableDefinition<(u64, &[u8]), ()> = TableDefinition::new("expiry-0");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta-0");
+const USED: &str = "used";
+const COUNT: &str = "count";
+
+/// What the index records of a piece (DAG-CBOR in `pieces-0`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub size: u64,
+    /// Unix seconds; the piece is deleted after this.
+    pub expires_at: u64,
+    /// Unix seconds.
+    pub stored_at: u64,
+    /// Peer ID (bytes) of the node that stored the piece here.
+    #[serde(with = "serde_bytes")]
+    pub stored_by: Vec<u8>,
+    pub receipt: SignedReceipt,
+    /// Unix seconds of the last audit answered, if any.
+    pub last_audit: Option<u64>,
+}
+
+/// What the store accepts.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Bytes of piece data the store may hold.
+    pub capacity: u64,
+    /// Largest piece accepted. Default [`MAX_PIECE_SIZE`].
+    pub max_piece: u64,
+    /// Shortest and longest term accepted, in seconds from the offer.
+    /// Defaults: one hour and one year.
+    pub min_term: u64,
+    pub max_term: u64,
+    /// How long an accepted offer holds its space. Default 120 s.
+    pub reservation_ttl: u64,
+    /// Offers held at once; more are refused as busy. Default 256.
+    pub max_reservations: usize,
+}
+
+impl Limits {
+    pub fn new(capacity: u64) -> Self {
+        Limits {
+            capacity,
+            max_piece: MAX_PIECE_SIZE,
+            min_term: 3600,
+            max_term: 366 * 24 * 3600,
+            reservation_ttl: 120,
+            max_reservations: 256,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("piece index: {0}")]
+    Db(String),
+    #[error(
+        "the piece index is in use by another process (is a node running on this data directory?)"
+    )]
+    Locked,
+    #[error("piece {piece} is damaged on disk and was removed")]
+    Rotted { piece: Cid },
+    #[error("piece index entry for {piece} is malformed: {reason}")]
+    BadEntry { piece: Cid, reason: String },
+    #[error(transparent)]
+    Proof(#[from] proof::ProofError),
+}
+
+fn db_err(e: impl std::fmt::Display) -> Error {
+    Error::Db(e.to_string())
+}
+
+fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Error {
+    let path = path.to_path_buf();
+    move |source| Error::Io { op, path, source }
+}
+
+/// What [`Store::open`] found and settled.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Recovery {
+    /// Partial or uncommitted writes removed from `tmp/`.
+    pub partial_removed: usize,
+    /// Committed writes whose rename had not happened, completed.
+    pub completed: usize,
+    /// Deletes that had not been committed, undone.
+    pub restored: usize,
+    /// Committed deletes whose unlink had not happened, finished.
+    pub deleted: usize,
+}
+
+/// The result of a full check ([`Store::check`]).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct CheckReport {
+    pub pieces: u64,
+    pub used: u64,
+    /// Sum of the sizes of the files in `pieces/` after the check.
+    pub bytes_on_disk: u64,
+    /// Pieces missing or not matching their CID, removed from the index.
+    pub rotted: Vec<Cid>,
+    /// Files in `pieces/` without an index entry, deleted.
+    pub orphans: usize,
+}
+
+struct Reservation {
+    peer: Vec<u8>,
+    terms: Terms,
+    deadline: u64,
+    /// A transfer is being written; the reservation cannot lapse.
+    writing: bool,
+}
+
+struct State {
+    used: u64,
+    count: u64,
+    reserved: u64,
+    reservations: HashMap<Cid, Reservation>,
+}
+
+pub struct Store {
+    dir: PathBuf,
+    db: Database,
+    limits: Limits,
+    state: Mutex<State>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("dir", &self.dir).finish()
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the store under `dir` and settles what a
+    /// crash left in `tmp/` and `trash/`.
+    pub fn open(dir: &Path, limits: Limits) -> Result<(Store, Recovery), Error> {
+        for sub in ["pieces", "tmp", "trash"] {
+            let d = dir.join(sub);
+            fs::create_dir_all(&d).map_err(io_err("create", &d))?;
+        }
+        let path = dir.join("index.redb");
+        let db = Database::builder().create(&path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => Error::Locked,
+            e => db_err(e),
+        })?;
+        let txn = db.begin_write().map_err(db_err)?;
+        {
+            txn.open_table(PIECES).map_err(db_err)?;
+            txn.open_table(EXPIRY).map_err(db_err)?;
+            txn.open_table(META).map_err(db_err)?;
+        }
+        txn.commit().map_err(db_err)?;
+        let (used, count) = {
+            let read = db.begin_read().map_err(db_err)?;
+            let meta = read.open_table(META).map_err(db_err)?;
+            let get = |k| -> Result<u64, Error> {
+                Ok(meta.get(k).map_err(db_err)?.map_or(0, |v| v.value()))
+            };
+            (get(USED)?, get(COUNT)?)
+        };
+        let store = Store {
+            dir: dir.to_path_buf(),
+            db,
+            limits,
+            state: Mutex::new(State {
+                used,
+                count,
+                reserved: 0,
+                reservations: HashMap::new(),
+            }),
+        };
+        let recovery = store.recover()?;
+        Ok((store, recovery))
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Bytes of piece data held.
+    pub fn used(&self) -> u64 {
+        self.lock().used
+    }
+
+    pub fn count(&self) -> u64 {
+        self.lock().count
+    }
+
+    /// Bytes that can still be offered: capacity less used and reserved.
+    pub fn free(&self) -> u64 {
+        let s = self.lock();
+        self.limits
+            .capacity
+            .saturating_sub(s.used)
+            .saturating_sub(s.reserved)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding the lock leaves plain numbers behind; keep going.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn piece_path(&self, piece: &Cid) -> PathBuf {
+        let name = piece.to_string();
+        let shard = &name[name.len().saturating_sub(2)..];
+        self.dir.join("pieces").join(shard).join(name)
+    }
+
+    fn tmp_path(&self, piece: &Cid) -> PathBuf {
+        self.dir.join("tmp").join(piece.to_string())
+    }
+
+    fn trash_path(&self, piece: &Cid) -> PathBuf {
+        self.dir.join("trash").join(piece.to_string())
+    }
+
+    /// The index entry of a piece, if held.
+    pub fn entry(&self, piece: &Cid) -> Result<Option<Entry>, Error> {
+        let read = self.db.begin_read().map_err(db_err)?;
+        let table = read.open_table(PIECES).map_err(db_err)?;
+        let Some(v) = table.get(piece.to_bytes().as_slice()).map_err(db_err)? else {
+            return Ok(None);
+        };
+        decode_entry(piece, v.value()).map(Some)
+    }
+
+    pub fn contains(&self, piece: &Cid) -> Result<bool, Error> {
+        let read = self.db.begin_read().map_err(db_err)?;
+        let table = read.open_table(PIECES).map_err(db_err)?;
+        Ok(table
+            .get(piece.to_bytes().as_slice())
+            .map_err(db_err)?
+            .is_some())
+    }
+
+    /// Up to `limit` held piece CIDs in index order, starting after `after`.
+    pub fn pieces_after(&self, after: Option<&Cid>, limit: usize) -> Result<Vec<Cid>, Error> {
+        let read = self.db.begin_read().map_err(db_err)?;
+        let table = read.open_table(PIECES).map_err(db_err)?;
+        let start = after.map(|c| c.to_bytes());
+        let iter = match &start {
+            Some(s) => table.range::<&[u8]>((
+                std::ops::Bound::Excluded(s.as_slice()),
+                std::ops::Bound::Unbounded,
+            )),
+            None => table.range::<&[u8]>(..),
+        }
+        .map_err(db_err)?;
+        let mut out = Vec::with_capacity(limit.min(4096));
+        for item in iter.take(limit) {
+            let (k, _) = item.map_err(db_err)?;
+            // Keys are written from valid CIDs only.
+            if let Ok(cid) = Cid::try_from(k.value()) {
+                out.push(cid);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Answers an offer: reserves the space, or says why not.
+    pub fn reserve(&self, peer: &[u8], terms: &Terms, now: u64) -> Result<u64, RejectReason> {
+        let l = &self.limits;
+        if terms.size == 0 || terms.size > l.max_piece {
+            return Err(RejectReason::TooLarge { max: l.max_piece });
+        }
+        let (min, max) = (now + l.min_term, now + l.max_term);
+        if terms.expires_at < min || terms.expires_at > max {
+            return Err(RejectReason::ExpiryOutOfRange { min, max });
+        }
+        // A failing index is reported as busy: the offer may be retried.
+        match self.contains(&terms.piece) {
+            Ok(false) => {}
+            Ok(true) => return Err(RejectReason::AlreadyHeld),
+            Err(_) => return Err(RejectReason::Busy),
+        }
+        let mut s = self.lock();
+        let lapsed: Vec<Cid> = s
+            .reservations
+            .iter()
+            .filter(|(_, r)| !r.writing && r.deadline < now)
+            .map(|(c, _)| *c)
+            .collect();
+        for c in lapsed {
+            if let Some(r) = s.reservations.remove(&c) {
+                s.reserved -= r.terms.size;
+            }
+        }
+        if s.reservations.contains_key(&terms.piece) || s.reservations.len() >= l.max_reservations {
+            return Err(RejectReason::Busy);
+        }
+        let free = l.capacity.saturating_sub(s.used).saturating_sub(s.reserved);
+        if terms.size > free {
+            return Err(RejectReason::OverCapacity { free });
+        }
+        let deadline = now + l.reservation_ttl;
+        s.reserved += terms.size;
+        s.reservations.insert(
+            terms.piece,
+            Reservation {
+                peer: peer.to_vec(),
+                terms: terms.clone(),
+                deadline,
+                writing: false,
+            },
+        );
+        Ok(deadline)
+    }
+
+    /// Stores a transfer that matches a reservation of `peer`'s, returning the
+    /// receipt `sign` makes once the piece is durably stored. On any error
+    /// nothing of the transfer is kept and the reservation is released.
+    pub fn store(
+        &self,
+        peer: &[u8],
+        transfer: &Transfer,
+        now: u64,
+        sign: impl FnOnce(Terms) -> SignedReceipt,
+    ) -> Result<SignedReceipt, TransferError> {
+        let terms = {
+            let mut s = self.lock();
+            match s.reservations.get_mut(&transfer.piece) {
+                Some(r)
+                    if r.peer == peer
+                        && r.terms.nonce == transfer.nonce
+                        && !r.writing
+                        && r.deadline >= now =>
+                {
+                    r.writing = true;
+                    r.terms.clone()
+                }
+                _ => return Err(TransferError::NoReservation),
+            }
+        };
+        let result = self.write(peer, &terms, &transfer.data, now, sign);
+        let mut s = self.lock();
+        if let Some(r) = s.reservations.remove(&terms.piece) {
+            s.reserved -= r.terms.size;
+        }
+        if result.is_ok() {
+            s.used += terms.size;
+            s.count += 1;
+        }
+        result
+    }
+
+    fn write(
+        &self,
+        peer: &[u8],
+        terms: &Terms,
+        data: &[u8],
+        now: u64,
+        sign: impl FnOnce(Terms) -> SignedReceipt,
+    ) -> Result<SignedReceipt, TransferError> {
+        if data.len() as u64 != terms.size {
+            return Err(TransferError::SizeMismatch {
+                expected: terms.size,
+                got: data.len() as u64,
+            });
+        }
+        if block::blake3_root(&terms.piece).is_none() || block::verify(&terms.piece, data).is_err()
+        {
+            return Err(TransferError::HashMismatch);
+        }
+        let storage = |e: Error| {
+            tracing::error!(piece = %terms.piece, error = %e, "could not store piece");
+            TransferError::Storage
+        };
+        let tmp = self.tmp_path(&terms.piece);
+        write_synced(&tmp, data).map_err(storage)?;
+        let receipt = sign(terms.clone());
+        let entry = Entry {
+            size: terms.size,
+            expires_at: terms.expires_at,
+            stored_at: now,
+            stored_by: peer.to_vec(),
+            receipt: receipt.clone(),
+            last_audit: None,
+        };
+        if let Err(e) = self.commit_insert(&terms.piece, &entry) {
+            let _ = fs::remove_file(&tmp);
+            return Err(storage(e));
+        }
+        if let Err(e) = self.place(&terms.piece, &tmp) {
+            // The entry is committed but its file is not in place: undo it.
+            if let Err(e) = self.remove(&[terms.piece]) {
+                tracing::error!(piece = %terms.piece, error = %e, "could not undo a failed store");
+            }
+            return Err(storage(e));
+        }
+        Ok(receipt)
+    }
+
+    /// Moves a committed piece from `tmp/` into `pieces/` durably.
+    fn place(&self, piece: &Cid, tmp: &Path) -> Result<(), Error> {
+        let path = self.piece_path(piece);
+        let parent = path.parent().unwrap_or(&self.dir);
+        if !parent.exists() {
+            fs::create_dir_all(parent).map_err(io_err("create", parent))?;
+            sync_dir(&self.dir.join("pieces"))?;
+        }
+        fs::rename(tmp, &path).map_err(io_err("rename", tmp))?;
+        sync_dir(parent)?;
+        sync_dir(&self.dir.join("tmp"))
+    }
+
+    fn commit_insert(&self, piece: &Cid, entry: &Entry) -> Result<(), Error> {
+        let key = piece.to_bytes();
+        let value = serde_ipld_dagcbor::to_vec(entry).map_err(db_err)?;
+        let mut txn = self.db.begin_write().map_err(db_err)?;
+        txn.set_quick_repair(true);
+        {
+            let mut pieces = txn.open_table(PIECES).map_err(db_err)?;
+            pieces
+                .insert(key.as_slice(), value.as_slice())
+                .map_err(db_err)?;
+            let mut expiry = txn.open_table(EXPIRY).map_err(db_err)?;
+            expiry
+                .insert((entry.expires_at, key.as_slice()), ())
+                .map_err(db_err)?;
+            let mut meta = txn.open_table(META).map_err(db_err)?;
+            let used = meta.get(USED).map_err(db_err)?.map_or(0, |v| v.value());
+            let count = meta.get(COUNT).map_err(db_err)?.map_or(0, |v| v.value());
+            meta.insert(USED, used + entry.size).map_err(db_err)?;
+            meta.insert(COUNT, count + 1).map_err(db_err)?;
+        }
+        txn.commit().map_err(db_err)
+    }
+
+    /// Deletes pieces: into `trash/`, one index commit, unlink. Returns the
+    /// bytes freed. Pieces not held are skipped.
+    pub fn remove(&self, pieces: &[Cid]) -> Result<u64, Error> {
+        let mut trashed = Vec::new();
+        let mut txn = self.db.begin_write().map_err(db_err)?;
+        txn.set_quick_repair(true);
+        let (mut freed, mut n) = (0u64, 0u64);
+        {
+            let mut table = txn.open_table(PIECES).map_err(db_err)?;
+            let mut expiry = txn.open_table(EXPIRY).map_err(db_err)?;
+            let mut meta = txn.open_table(META).map_err(db_err)?;
+            for piece in pieces {
+                let key = piece.to_bytes();
+                let Some(v) = table.remove(key.as_slice()).map_err(db_err)? else {
+                    continue;
+                };
+                let entry = decode_entry(piece, v.value())?;
+                drop(v);
+                expiry
+                    .remove((entry.expires_at, key.as_slice()))
+                    .map_err(db_err)?;
+                let (from, to) = (self.piece_path(piece), self.trash_path(piece));
+                match fs::rename(&from, &to) {
+                    Ok(()) => trashed.push(to),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(io_err("rename", &from)(e)),
+                }
+                freed += entry.size;
+                n += 1;
+            }
+            let used = meta.get(USED).map_err(db_err)?.map_or(0, |v| v.value());
+            let count = meta.get(COUNT).map_err(db_err)?.map_or(0, |v| v.value());
+            meta.insert(USED, used.saturating_sub(freed))
+                .map_err(db_err)?;
+            meta.insert(COUNT, count.saturating_sub(n))
+                .map_err(db_err)?;
+        }
+        if n == 0 {
+            return Ok(0);
+        }
+        if let Err(e) = txn.commit() {
+            // Not committed: put the files back where the index says they are.
+            for path in &trashed {
+                if let Some(piece) = cid_of(path) {
+                    let _ = fs::rename(path, self.piece_path(&piece));
+                }
+            }
+            return Err(db_err(e));
+        }
+        {
+            let mut s = self.lock();
+            s.used = s.used.saturating_sub(freed);
+            s.count = s.count.saturating_sub(n);
+        }
+        for path in trashed {
+            fs::remove_file(&path).map_err(io_err("delete", &path))?;
+        }
+        Ok(freed)
+    }
+
+    /// Deletes up to `limit` pieces whose term ended before `now`.
+    pub fn expire(&self, now: u64, limit: usize) -> Result<Vec<Cid>, Error> {
+        let due: Vec<Cid> = {
+            let read = self.db.begin_read().map_err(db_err)?;
+            let table = read.open_table(EXPIRY).map_err(db_err)?;
+            let mut due = Vec::new();
+            for item in table
+                .range::<(u64, &[u8])>(..(now, &[][..]))
+                .map_err(db_err)?
+                .take(limit)
+            {
+                let (k, _) = item.map_err(db_err)?;
+                if let Ok(cid) = Cid::try_from(k.value().1) {
+                    due.push(cid);
+                }
+            }
+            due
+        };
+        self.remove(&due)?;
+        Ok(due)
+    }
+
+    /// The whole piece, verified against its CID. A piece that fails is
+    /// removed and reported as [`Error::Rotted`]; one not held (or still
+    /// being written) is `None`.
+    pub fn read(&self, piece: &Cid) -> Result<Option<Vec<u8>>, Error> {
+        if self.lock().reservations.contains_key(piece) {
+            return Ok(None);
+        }
+        let Some(entry) = self.entry(piece)? else {
+            return Ok(None);
+        };
+        let path = self.piece_path(piece);
+        let data = match read_limited(&path, entry.size) {
+            Ok(d) => d,
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                return Err(io_err("read", &path)(e));
+            }
+            Err(_) => Vec::new(),
+        };
+        if data.len() as u64 != entry.size || block::verify(piece, &data).is_err() {
+            tracing::warn!(%piece, path = %path.display(), "piece damaged on disk; removing it");
+            self.remove(&[*piece])?;
+            return Err(Error::Rotted { piece: *piece });
+        }
+        Ok(Some(data))
+    }
+
+    /// Bytes `offset .. offset + len` of a piece with their proof, and the
+    /// piece's size.
+    pub fn read_range(
+        &self,
+        piece: &Cid,
+        offset: u64,
+        len: u64,
+    ) -> Result<Option<(u64, Vec<u8>)>, Error> {
+        let Some(data) = self.read(piece)? else {
+            return Ok(None);
+        };
+        let end = offset.saturating_add(len);
+        let encoded = proof::encode_range(&data, offset..end)?;
+        Ok(Some((data.len() as u64, encoded)))
+    }
+
+    /// Answers an audit challenge and records when.
+    pub fn prove(
+        &self,
+        piece: &Cid,
+        nonce: &[u8; 32],
+        now: u64,
+    ) -> Result<Option<AuditProof>, Error> {
+        let Some(data) = self.read(piece)? else {
+            return Ok(None);
+        };
+        let proof = proof::prove(&data, nonce)?;
+        self.touch_audit(piece, now)?;
+        Ok(Some(proof))
+    }
+
+    fn touch_audit(&self, piece: &Cid, now: u64) -> Result<(), Error> {
+        let key = piece.to_bytes();
+        let mut txn = self.db.begin_write().map_err(db_err)?;
+        // Losing an audit time in a crash is harmless.
+        txn.set_durability(Durability::None).map_err(db_err)?;
+        {
+            let mut table = txn.open_table(PIECES).map_err(db_err)?;
+            let entry = match table.get(key.as_slice()).map_err(db_err)? {
+                Some(v) => decode_entry(piece, v.value())?,
+                None => return Ok(()),
+            };
+            let value = serde_ipld_dagcbor::to_vec(&Entry {
+                last_audit: Some(now),
+                ..entry
+            })
+            .map_err(db_err)?;
+            table
+                .insert(key.as_slice(), value.as_slice())
+                .map_err(db_err)?;
+        }
+        txn.commit().map_err(db_err)
+    }
+
+    /// Settles `tmp/` and `trash/` against the index (see the module doc).
+    fn recover(&self) -> Result<Recovery, Error> {
+        let mut r = Recovery::default();
+        for path in list_dir(&self.dir.join("tmp"))? {
+            let complete = match cid_of(&path) {
+                Some(piece) if self.contains(&piece)? && !self.piece_path(&piece).exists() => {
+                    // Committed before the crash: the fsynced tmp file is the piece.
+                    self.place(&piece, &path).map(|()| true)?
+                }
+                _ => false,
+            };
+            if complete {
+                r.completed += 1;
+            } else {
+                fs::remove_file(&path).map_err(io_err("delete", &path))?;
+                r.partial_removed += 1;
+            }
+        }
+        for path in list_dir(&self.dir.join("trash"))? {
+            match cid_of(&path) {
+                Some(piece) if self.contains(&piece)? => {
+                    let to = self.piece_path(&piece);
+                    fs::rename(&path, &to).map_err(io_err("rename", &path))?;
+                    r.restored += 1;
+                }
+                _ => {
+                    fs::remove_file(&path).map_err(io_err("delete", &path))?;
+                    r.deleted += 1;
+                }
+            }
+        }
+        if r != Recovery::default() {
+            sync_dir(&self.dir.join("tmp"))?;
+            sync_dir(&self.dir.join("trash"))?;
+            tracing::info!(?r, "settled interrupted writes and deletes");
+        }
+        Ok(r)
+    }
+
+    /// Verifies every piece against its CID and every file against the
+    /// index, removing what fails: the offline `cairn store check`.
+    pub fn check(&self) -> Result<CheckReport, Error> {
+        let mut report = CheckReport::default();
+        let mut after = None;
+        loop {
+            let batch = self.pieces_after(after.as_ref(), 1024)?;
+            let Some(last) = batch.last() else { break };
+            after = Some(*last);
+            for piece in batch {
+                match self.read(&piece) {
+                    Ok(_) => {}
+                    Err(Error::Rotted { piece }) => report.rotted.push(piece),
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        for shard in list_dir(&self.dir.join("pieces"))? {
+            for path in list_dir(&shard)? {
+                let held = match cid_of(&path) {
+                    Some(piece) => self.contains(&piece)? && self.piece_path(&piece) == path,
+                    None => false,
+                };
+                if held {
+                    let len = fs::metadata(&path).map_err(io_err("stat", &path))?.len();
+                    report.bytes_on_disk += len;
+                } else {
+                    tracing::warn!(path = %path.display(), "file without an index entry; deleting it");
+                    fs::remove_file(&path).map_err(io_err("delete", &path))?;
+                    report.orphans += 1;
+                }
+            }
+        }
+        report.pieces = self.count();
+        report.used = self.used();
+        Ok(report)
+    }
+}
+
+fn decode_entry(piece: &Cid, bytes: &[u8]) -> Result<Entry, Error> {
+    serde_ipld_dagcbor::from_slice(bytes).map_err(|e| Error::BadEntry {
+        piece: *piece,
+        reason: e.to_string(),
+    })
+}
+
+fn cid_of(path: &Path) -> Option<Cid> {
+    path.file_name()?.to_str()?.parse().ok()
+}
+
+fn list_dir(dir: &Path) -> Result<Vec<PathBuf>, Error> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io_err("list", dir))? {
+        out.push(entry.map_err(io_err("list", dir))?.path());
+    }
+    Ok(out)
+}
+
+fn write_synced(path: &Path, data: &[u8]) -> Result<(), Error> {
+    let mut f = File::create(path).map_err(io_err("create", path))?;
+    f.write_all(data).map_err(io_err("write", path))?;
+    f.sync_all().map_err(io_err("fsync", path))
+}
+
+fn sync_dir(dir: &Path) -> Result<(), Error> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("fsync", dir))
+}
+
+/// Reads a file of at most `max` bytes (a longer file reads as damaged).
+fn read_limited(path: &Path, max: u64) -> io::Result<Vec<u8>> {
+    let f = File::open(path)?;
+    let mut data = Vec::with_capacity(max.min(MAX_PIECE_SIZE) as usize);
+    f.take(max + 1).read_to_end(&mut data)?;
+    Ok(data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ed25519_dalek::SigningKey;
+
+    const NOW: u64 = 1_800_000_000;
+    const PEER: &[u8] = b"peer-a";
+
+    fn open(dir: &Path, capacity: u64) -> Store {
+        Store::open(dir, Limits::new(capacity)).expect("open").0
+    }
+
+    fn terms(data: &[u8], nonce: u8) -> Terms {
+        Terms {
+            piece: block::piece_cid(data),
+            size: data.len() as u64,
+            expires_at: NOW + 86_400,
+            nonce: [nonce; 16],
+        }
+    }
+
+    fn sign(t: Terms) -> SignedReceipt {
+        cairn_protocol::record::Receipt {
+            node: [0; 32],
+            terms: t,
+        }
+        .sign(&SigningKey::from_bytes(&[7; 32]))
+    }
+
+    fn put(store: &Store, data: &[u8]) -> SignedReceipt {
+        let t = terms(data, 1);
+        store.reserve(PEER, &t, NOW).expect("reserve");
+        let transfer = Transfer {
+            piece: t.piece,
+            nonce: t.nonce,
+            data: data.to_vec().into(),
+        };
+        store.store(PEER, &transfer, NOW, sign).expect("store")
+    }
+
+    #[test]
+    fn stores_reads_and_survives_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = vec![5u8; 10_000];
+        let piece = block::piece_cid(&data);
+        {
+            let store = open(dir.path(), 1 << 20);
+            let receipt = put(&store, &data);
+            receipt.verify(&piece, None).expect("valid receipt");
+            assert_eq!(store.used(), 10_000);
+            assert_eq!(store.read(&piece).expect("read"), Some(data.clone()));
+        }
+        let store = open(dir.path(), 1 << 20);
+        assert_eq!((store.used(), store.count()), (10_000, 1));
+        assert_eq!(store.read(&piece).expect("read"), Some(data));
+        assert_eq!(store.pieces_after(None, 10).expect("list"), vec![piece]);
+    }
+
+    #[test]
+    fn refuses_offers_with_reasons() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path(), 1000);
+        let mut t = terms(&[1; 600], 1);
+        assert_eq!(
+            store.reserve(
+                PEER,
+                &Terms {
+                    size: 0,
+                    ..t.clone()
+                },
+                NOW
+            ),
+            Err(RejectReason::TooLarge {
+                max: MAX_PIECE_SIZE
+            })
+        );
+        t.expires_at = NOW + 10;
+        assert!(matches!(
+            store.reserve(PEER, &t, NOW),
+            Err(RejectReason::ExpiryOutOfRange { .. })
+        ));
+        t.expires_at = NOW + 86_400;
+        store.reserve(PEER, &t, NOW).expect("first offer fits");
+        assert_eq!(store.reserve(PEER, &t, NOW), Err(RejectReason::Busy));
+        // 600 of 1000 bytes are reserved: 400 are free.
+        let other = terms(&[2; 500], 1);
+        assert_eq!(
+            store.reserve(PEER, &other, NOW),
+            Err(RejectReason::OverCapacity { free: 400 })
+        );
+        // Once the first reservation lapses, its space is free again.
+        let later = NOW + store.limits().reservation_ttl + 1;
+        store.reserve(PEER, &other, later).expect("space freed");
+    }
+
+    #[test]
+    fn refuses_mismatched_transfers_and_keeps_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path(), 1 << 20);
+        let data = vec![9u8; 4096];
+        let t = terms(&data, 1);
+        let transfer = |data: Vec<u8>, nonce| Transfer {
+            piece: t.piece,
+            nonce: [nonce; 16],
+            data: data.into(),
+        };
+        assert_eq!(
+            store.store(PEER, &transfer(data.clone(), 1), NOW, sign),
+            Err(TransferError::NoReservation)
+        );
+        store.reserve(PEER, &t, NOW).expect("reserve");
+        assert_eq!(
+            store.store(b"peer-b", &transfer(data.clone(), 1), NOW, sign),
+            Err(TransferError::NoReservation)
+        );
+        assert_eq!(
+            store.store(PEER, &transfer(data.clone(), 2), NOW, sign),
+            Err(TransferError::NoReservation)
+        );
+        let mut bad = data.clone();
+        bad[100] ^= 1;
+        assert_eq!(
+            store.store(PEER, &transfer(bad, 1), NOW, sign),
+            Err(TransferError::HashMismatch)
+        );
+        assert_eq!((store.used(), store.count(), store.free()), (0, 0, 1 << 20));
+        assert!(list_dir(&dir.path().join("tmp")).expect("ls").is_empty());
+        assert_eq!(store.read(&t.piece).expect("read"), None);
+        // The reservation was released with the failed transfer.
+        assert_eq!(
+            store.store(PEER, &transfer(data, 1), NOW, sign),
+            Err(TransferError::NoReservation)
+        );
+    }
+
+    #[test]
+    fn rotted_piece_is_removed_not_served() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path(), 1 << 20);
+        let data = vec![3u8; 5000];
+        put(&store, &data);
+        let piece = block::piece_cid(&data);
+        let path = store.piece_path(&piece);
+        let mut bytes = fs::read(&path).expect("read file");
+        bytes[4000] ^= 0x80;
+        fs::write(&path, bytes).expect("corrupt");
+        assert!(matches!(store.read(&piece), Err(Error::Rotted { .. })));
+        assert_eq!(store.read(&piece).expect("read"), None);
+        assert!(!store.contains(&piece).expect("contains"));
+        assert_eq!((store.used(), store.count()), (0, 0));
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn expired_pieces_are_deleted_and_free_space() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path(), 1 << 20);
+        let data = vec![4u8; 2000];
+        put(&store, &data);
+        let piece = block::piece_cid(&data);
+        assert!(store.expire(NOW + 86_399, 100).expect("expire").is_empty());
+        assert_eq!(
+            store.expire(NOW + 86_401, 100).expect("expire"),
+            vec![piece]
+        );
+        assert_eq!((store.used(), store.count()), (0, 0));
+        assert!(!store.piece_path(&piece).exists());
+    }
+
+    #[test]
+    fn recovery_settles_tmp_and_trash() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let kept = vec![1u8; 3000];
+        let gone = vec![2u8; 3000];
+        {
+            let store = open(dir.path(), 1 << 20);
+            put(&store, &kept);
+            put(&store, &gone);
+            // Crash after a commit, before the rename:
+            let p = block::piece_cid(&kept);
+            fs::rename(store.piece_path(&p), store.tmp_path(&p)).expect("mv");
+            // Crash after moving to trash, before the delete commit:
+            let g = block::piece_cid(&gone);
+            fs::rename(store.piece_path(&g), store.trash_path(&g)).expect("mv");
+            // A partial write and a stray in trash:
+            fs::write(
+                dir.path()
+                    .join("tmp")
+                    .join(block::piece_cid(b"x").to_string()),
+                b"x",
+            )
+            .expect("write");
+            fs::write(dir.path().join("trash").join("junk"), b"j").expect("write");
+        }
+        let (store, r) = Store::open(dir.path(), Limits::new(1 << 20)).expect("open");
+        assert_eq!(
+            r,
+            Recovery {
+                partial_removed: 1,
+                completed: 1,
+                restored: 1,
+                deleted: 1
+            }
+        );
+        assert_eq!(
+            store.read(&block::piece_cid(&kept)).expect("read"),
+            Some(kept)
+        );
+        assert_eq!(
+            store.read(&block::piece_cid(&gone)).expect("read"),
+            Some(gone)
+        );
+        let report = store.check().expect("check");
+        assert_eq!(
+            (report.pieces, report.used, report.bytes_on_disk),
+            (2, 6000, 6000)
+        );
+        assert_eq!((report.rotted.len(), report.orphans), (0, 0));
+    }
+
+    #[test]
+    fn audit_proof_verifies_and_is_recorded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path(), 1 << 20);
+        let data: Vec<u8> = (0..70_000u32).map(|i| i as u8).collect();
+        put(&store, &data);
+        let piece = block::piece_cid(&data);
+        let nonce = [8u8; 32];
+        let proof = store
+            .prove(&piece, &nonce, NOW + 5)
+            .expect("prove")
+            .expect("held");
+        proof::verify(&piece, &nonce, &proof).expect("valid proof");
+        let entry = store.entry(&piece).expect("entry").expect("held");
+        assert_eq!(entry.last_audit, Some(NOW + 5));
+        let (size, encoded) = store
+            .read_range(&piece, 1000, 5000)
+            .expect("range")
+            .expect("held");
+        let bytes = proof::decode_range(&piece, size, 1000..6000, &encoded).expect("verifies");
+        assert_eq!(bytes, &data[1000..6000]);
+    }
+}
