@@ -4,4 +4,8 @@
 //! and directories on disk into UnixFS DAGs ([`add`]).
 
 pub mod add;
+pub mod config;
+pub mod identity;
+pub mod net;
+pub mod node;
 pub mod store;

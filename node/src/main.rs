@@ -7,10 +7,15 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context as _, Result, bail};
+use bytesize::ByteSize;
 use cairn_node::add::{self, Options};
+use cairn_node::config::{self, LogFormat};
+use cairn_node::node::{self, Node};
+use cairn_node::store::{self, Store};
 use cairn_protocol::car::{CarReader, CarWriter};
 use cairn_protocol::unixfs::NullSink;
 use clap::{Parser, Subcommand};
+use libp2p::Multiaddr;
 
 /// Cairn: a peer-to-peer storage network with IPFS-identical content addresses.
 #[derive(Parser)]
@@ -42,6 +47,59 @@ enum Command {
     /// Content archives (CAR v1), the IPFS exchange format.
     #[command(subcommand)]
     Car(CarCommand),
+    /// Run a storage node: contribute disk to the network.
+    ///
+    /// Settings come from flags, then CAIRN_* environment variables, then the
+    /// config file, then the defaults shown. Logs go to stderr (RUST_LOG sets
+    /// the level, default info); the peer ID and addresses go to stdout.
+    Node(NodeArgs),
+    /// Inspect a node's piece store (while the node is stopped).
+    #[command(subcommand)]
+    Store(StoreCommand),
+}
+
+#[derive(clap::Args)]
+struct NodeArgs {
+    /// Data directory: identity key, piece store, indexes
+    /// [default: $XDG_DATA_HOME/cairn or ~/.local/share/cairn].
+    #[arg(long, env = "CAIRN_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// TOML config file [default: cairn.toml in the data directory, if present].
+    #[arg(long, env = "CAIRN_CONFIG")]
+    config: Option<PathBuf>,
+    /// Disk space to contribute for pieces, e.g. 500MiB or 50GiB [default: 10GiB].
+    #[arg(long, env = "CAIRN_CAPACITY")]
+    capacity: Option<ByteSize>,
+    /// Multiaddr to listen on; repeat or separate with commas
+    /// [default: /ip4/0.0.0.0/tcp/4001 and /ip4/0.0.0.0/udp/4001/quic-v1].
+    #[arg(long, env = "CAIRN_LISTEN", value_delimiter = ',')]
+    listen: Vec<Multiaddr>,
+    /// Peer to join through, as /ip4/…/tcp/…/p2p/<peer id>; repeat or
+    /// separate with commas [default: none: the node starts a network of its own].
+    #[arg(long, env = "CAIRN_BOOTSTRAP", value_delimiter = ',')]
+    bootstrap: Vec<Multiaddr>,
+    /// Public address others reach this node at (behind port forwarding, say);
+    /// announced as is. Without one, AutoNAT finds out, and a node nobody can
+    /// reach stays a DHT client. Loopback listen addresses always count.
+    #[arg(long, env = "CAIRN_EXTERNAL", value_delimiter = ',')]
+    external: Vec<Multiaddr>,
+    /// Most connections open at once [default: 512].
+    #[arg(long, env = "CAIRN_MAX_CONNECTIONS")]
+    max_connections: Option<u32>,
+    /// Log format on stderr [default: text].
+    #[arg(long, env = "CAIRN_LOG_FORMAT", value_enum)]
+    log_format: Option<LogFormat>,
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Verify every piece against its CID and the index against the files,
+    /// removing what is damaged or stray; print what the store holds.
+    Check {
+        /// The node's data directory [default: as for `cairn node`].
+        #[arg(long, env = "CAIRN_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -71,12 +129,55 @@ fn main() -> ExitCode {
     }
 }
 
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
+}
+
 fn run() -> Result<()> {
+    let cli = Cli::parse();
+    if let Command::Node(args) = cli.command {
+        return run_node(args);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)
         .init();
-    match Cli::parse().command {
+    match cli.command {
+        Command::Node(_) => unreachable!("handled above"),
+        Command::Store(StoreCommand::Check { data_dir }) => {
+            let dir = data_dir
+                .unwrap_or_else(config::default_data_dir)
+                .join("store");
+            if !dir.exists() {
+                bail!("no piece store at {}", dir.display());
+            }
+            let (store, recovery) = Store::open(&dir, store::Limits::new(u64::MAX))?;
+            let report = store.check()?;
+            println!("pieces: {}", report.pieces);
+            println!("used: {} bytes", report.used);
+            println!("bytes on disk: {}", report.bytes_on_disk);
+            println!(
+                "settled at open: {} partial writes removed, {} writes completed, {} deletes undone, {} deletes finished",
+                recovery.partial_removed, recovery.completed, recovery.restored, recovery.deleted
+            );
+            println!("damaged pieces removed: {}", report.rotted.len());
+            println!("stray files removed: {}", report.orphans);
+            if report.used != report.bytes_on_disk {
+                bail!(
+                    "index says {} bytes, files hold {}",
+                    report.used,
+                    report.bytes_on_disk
+                );
+            }
+        }
         Command::Add {
             path,
             only_hash,
@@ -130,6 +231,83 @@ fn run() -> Result<()> {
                 roots.join(" ")
             );
         }
+    }
+    Ok(())
+}
+
+/// Flags and environment over the config file over the defaults.
+fn node_config(args: NodeArgs) -> Result<(node::Config, LogFormat)> {
+    let dir_hint = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(config::default_data_dir);
+    let file = match &args.config {
+        Some(path) => config::File::load(path, true)?,
+        None => config::File::load(&dir_hint.join(config::FILE), false)?,
+    };
+    let data_dir = args
+        .data_dir
+        .or(file.data_dir)
+        .unwrap_or_else(config::default_data_dir);
+    let mut c = node::Config::new(data_dir);
+    let list = |flag: Vec<Multiaddr>, file: Option<Vec<Multiaddr>>, default| {
+        if !flag.is_empty() {
+            flag
+        } else {
+            file.unwrap_or(default)
+        }
+    };
+    c.listen = list(args.listen, file.listen, c.listen);
+    c.bootstrap = list(args.bootstrap, file.bootstrap, c.bootstrap);
+    c.external = list(args.external, file.external, c.external);
+    if let Some(cap) = args.capacity.or(file.capacity) {
+        c.capacity = cap.as_u64();
+    }
+    if c.capacity == 0 {
+        bail!("--capacity must be more than 0");
+    }
+    if let Some(n) = args.max_connections.or(file.max_connections) {
+        c.max_connections = n;
+    }
+    let log = args
+        .log_format
+        .or(file.log_format)
+        .unwrap_or(LogFormat::Text);
+    Ok((c, log))
+}
+
+fn run_node(args: NodeArgs) -> Result<()> {
+    let (config, log) = node_config(args)?;
+    init_logs(log);
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let data_dir = config.data_dir.clone();
+        let node = Node::start(config)
+            .await
+            .with_context(|| format!("cannot start the node in {}", data_dir.display()))?;
+        let id = node.peer_id;
+        if node.new_identity {
+            println!("created identity in {}", data_dir.display());
+        }
+        println!("peer id: {id}");
+        for addr in &node.listen_addrs {
+            println!("listening on {addr}/p2p/{id}");
+        }
+        std::io::stdout().flush()?;
+        shutdown_signal().await?;
+        tracing::info!("shutting down");
+        node.stop().await;
+        Ok(())
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("cannot watch SIGINT")?,
+        _ = term.recv() => {}
     }
     Ok(())
 }

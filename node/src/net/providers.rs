@@ -1,0 +1,339 @@
+//! Kademlia's record store for Cairn: provider records on disk.
+//!
+//! - Records naming another peer as provider are kept in redb table
+//!   `providers-0` ((key, provider peer ID) → [`Stored`]), so a node holds
+//!   as many as its disk allows (up to [`Limits::max_records`]) and keeps
+//!   them across restarts.
+//! - Records naming this node are not stored at all: the piece index is the
+//!   truth of what this node provides, so a piece that leaves the index is
+//!   no longer announced. `provided()` is empty; the node's announcer
+//!   republishes from the piece index at its own pace.
+//! - Value records (unused by Cairn) stay in a small in-memory store.
+
+use std::borrow::Cow;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use libp2p::kad::store::{Error as KadError, MemoryStore, RecordStore, Result as KadResult};
+use libp2p::kad::{ProviderRecord, Record, RecordKey};
+use libp2p::{Multiaddr, PeerId};
+use redb::{Database, Durability, ReadableDatabase as _, ReadableTable as _, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use crate::store::Store;
+
+const PROVIDERS: TableDefinition<(&[u8], &[u8]), &[u8]> = TableDefinition::new("providers-0");
+
+/// A provider record as stored (DAG-CBOR).
+#[derive(Debug, Serialize, Deserialize)]
+struct Stored {
+    /// Unix seconds.
+    expires_at: u64,
+    addrs: Vec<serde_bytes::ByteBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Provider records kept in all. Default 10,000,000 (about 1 GiB of disk).
+    pub max_records: u64,
+    /// Providers kept per key. Default 20 (Kademlia's replication factor).
+    pub max_per_key: usize,
+    /// Addresses kept per provider. Default 8.
+    pub max_addrs: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_records: 10_000_000,
+            max_per_key: 20,
+            max_addrs: 8,
+        }
+    }
+}
+
+pub struct ProviderStore {
+    local: PeerId,
+    db: Arc<Database>,
+    pieces: Option<Arc<Store>>,
+    limits: Limits,
+    records: u64,
+    values: MemoryStore,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl ProviderStore {
+    /// Opens `path` (created if missing). `pieces`, when given, makes this
+    /// node a provider of every piece it holds.
+    pub fn open(
+        path: &Path,
+        local: PeerId,
+        pieces: Option<Arc<Store>>,
+        limits: Limits,
+    ) -> Result<Self, redb::Error> {
+        let db = Database::create(path)?;
+        let txn = db.begin_write()?;
+        txn.open_table(PROVIDERS)?;
+        txn.commit()?;
+        let records = {
+            use redb::ReadableTableMetadata as _;
+            db.begin_read()?.open_table(PROVIDERS)?.len()?
+        };
+        Ok(ProviderStore {
+            local,
+            db: Arc::new(db),
+            pieces,
+            limits,
+            records,
+            values: MemoryStore::new(local),
+        })
+    }
+
+    /// Provider records held for other peers.
+    pub fn records(&self) -> u64 {
+        self.records
+    }
+
+    /// Makes every write so far durable (the writes kad makes are not, one
+    /// by one: a lost provider record is re-announced by its provider).
+    pub fn flush(&self) -> Result<(), redb::Error> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Deletes expired records; returns how many.
+    pub fn expire(&mut self, now: u64) -> Result<u64, redb::Error> {
+        let txn = self.db.begin_write()?;
+        let removed = {
+            let mut table = txn.open_table(PROVIDERS)?;
+            let before = {
+                use redb::ReadableTableMetadata as _;
+                table.len()?
+            };
+            table.retain(|_, v| {
+                serde_ipld_dagcbor::from_slice::<Stored>(v).is_ok_and(|s| s.expires_at > now)
+            })?;
+            let after = {
+                use redb::ReadableTableMetadata as _;
+                table.len()?
+            };
+            before - after
+        };
+        txn.commit()?;
+        self.records = self.records.saturating_sub(removed);
+        Ok(removed)
+    }
+
+    fn write(
+        &mut self,
+        f: impl FnOnce(&mut redb::Table<(&[u8], &[u8]), &[u8]>) -> Result<i64, redb::Error>,
+    ) -> Result<(), redb::Error> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::None)?;
+        let delta = {
+            let mut table = txn.open_table(PROVIDERS)?;
+            f(&mut table)?
+        };
+        txn.commit()?;
+        self.records = self.records.saturating_add_signed(delta);
+        Ok(())
+    }
+
+    fn local_record(&self, key: &RecordKey) -> Option<ProviderRecord> {
+        let cid = cid::Cid::try_from(key.as_ref()).ok()?;
+        let held = self.pieces.as_ref()?.contains(&cid).ok()?;
+        held.then(|| ProviderRecord {
+            key: key.clone(),
+            provider: self.local,
+            expires: None,
+            addresses: Vec::new(),
+        })
+    }
+}
+
+impl RecordStore for ProviderStore {
+    type RecordsIter<'a> = <MemoryStore as RecordStore>::RecordsIter<'a>;
+    type ProvidedIter<'a> = std::iter::Empty<Cow<'a, ProviderRecord>>;
+
+    fn get(&self, k: &RecordKey) -> Option<Cow<'_, Record>> {
+        self.values.get(k)
+    }
+
+    fn put(&mut self, r: Record) -> KadResult<()> {
+        self.values.put(r)
+    }
+
+    fn remove(&mut self, k: &RecordKey) {
+        self.values.remove(k)
+    }
+
+    fn records(&self) -> Self::RecordsIter<'_> {
+        self.values.records()
+    }
+
+    fn add_provider(&mut self, record: ProviderRecord) -> KadResult<()> {
+        if record.provider == self.local {
+            return Ok(());
+        }
+        let (now, unix) = (Instant::now(), unix_now());
+        let expires_at = record.expires.map_or(u64::MAX, |e| {
+            unix.saturating_add(e.saturating_duration_since(now).as_secs())
+        });
+        let value = Stored {
+            expires_at,
+            addrs: record
+                .addresses
+                .iter()
+                .take(self.limits.max_addrs)
+                .map(|a| serde_bytes::ByteBuf::from(a.to_vec()))
+                .collect(),
+        };
+        let value = serde_ipld_dagcbor::to_vec(&value).map_err(|_| KadError::ValueTooLarge)?;
+        let provider = record.provider.to_bytes();
+        let (max_records, max_per_key) = (self.limits.max_records, self.limits.max_per_key);
+        let full = self.records >= max_records;
+        let result = self.write(|table| {
+            let key = record.key.as_ref();
+            let known = table.get((key, provider.as_slice()))?.is_some();
+            if !known {
+                let per_key = table
+                    .range((key, &[][..])..)?
+                    .take_while(|e| e.as_ref().is_ok_and(|(k, _)| k.value().0 == key))
+                    .count();
+                if full || per_key >= max_per_key {
+                    return Ok(0);
+                }
+            }
+            table.insert((key, provider.as_slice()), value.as_slice())?;
+            Ok(if known { 0 } else { 1 })
+        });
+        match result {
+            Ok(()) if full => Err(KadError::MaxRecords),
+            Ok(()) => Ok(()),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not store a provider record");
+                Err(KadError::MaxRecords)
+            }
+        }
+    }
+
+    fn providers(&self, key: &RecordKey) -> Vec<ProviderRecord> {
+        let mut out: Vec<ProviderRecord> = self.local_record(key).into_iter().collect();
+        let read = || -> Result<Vec<ProviderRecord>, redb::Error> {
+            let (now, unix) = (Instant::now(), unix_now());
+            let txn = self.db.begin_read()?;
+            let table = txn.open_table(PROVIDERS)?;
+            let mut found = Vec::new();
+            for entry in table.range((key.as_ref(), &[][..])..)? {
+                let (k, v) = entry?;
+                let (k, v) = (k.value(), v.value());
+                if k.0 != key.as_ref() || found.len() >= self.limits.max_per_key {
+                    break;
+                }
+                let (Ok(provider), Ok(stored)) = (
+                    PeerId::from_bytes(k.1),
+                    serde_ipld_dagcbor::from_slice::<Stored>(v),
+                ) else {
+                    continue;
+                };
+                let left = Duration::from_secs(stored.expires_at.saturating_sub(unix));
+                found.push(ProviderRecord {
+                    key: key.clone(),
+                    provider,
+                    expires: now.checked_add(left),
+                    addresses: stored
+                        .addrs
+                        .iter()
+                        .filter_map(|a| Multiaddr::try_from(a.to_vec()).ok())
+                        .collect(),
+                });
+            }
+            Ok(found)
+        };
+        match read() {
+            Ok(found) => out.extend(found),
+            Err(e) => tracing::warn!(error = %e, "could not read provider records"),
+        }
+        out
+    }
+
+    fn provided(&self) -> Self::ProvidedIter<'_> {
+        std::iter::empty()
+    }
+
+    fn remove_provider(&mut self, k: &RecordKey, p: &PeerId) {
+        if *p == self.local {
+            return;
+        }
+        let provider = p.to_bytes();
+        let result = self.write(|table| {
+            let removed = table.remove((k.as_ref(), provider.as_slice()))?.is_some();
+            Ok(-i64::from(removed))
+        });
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "could not remove a provider record");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(key: &RecordKey, provider: PeerId, ttl: Duration) -> ProviderRecord {
+        ProviderRecord {
+            key: key.clone(),
+            provider,
+            expires: Some(Instant::now() + ttl),
+            addresses: vec!["/ip4/127.0.0.1/tcp/4001".parse().expect("addr")],
+        }
+    }
+
+    #[test]
+    fn records_persist_are_bounded_and_expire() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("providers.redb");
+        let local = PeerId::random();
+        let key = RecordKey::new(&b"piece"[..]);
+        let limits = Limits {
+            max_per_key: 3,
+            ..Limits::default()
+        };
+        let peers: Vec<PeerId> = (0..4).map(|_| PeerId::random()).collect();
+        {
+            let mut store = ProviderStore::open(&path, local, None, limits.clone()).expect("open");
+            for p in &peers {
+                store
+                    .add_provider(record(&key, *p, Duration::from_secs(3600)))
+                    .expect("add");
+            }
+            // Our own records are not kept: the piece index speaks for us.
+            store
+                .add_provider(record(&key, local, Duration::from_secs(3600)))
+                .expect("add");
+            assert_eq!(store.records(), 3);
+            store.flush().expect("flush");
+        }
+        let mut store = ProviderStore::open(&path, local, None, limits).expect("reopen");
+        let found = store.providers(&key);
+        assert_eq!(found.len(), 3);
+        assert!(
+            found
+                .iter()
+                .all(|r| peers[..3].contains(&r.provider) && r.addresses.len() == 1)
+        );
+        store.remove_provider(&key, &peers[0]);
+        assert_eq!(store.providers(&key).len(), 2);
+        assert_eq!(store.expire(unix_now() + 7200).expect("expire"), 2);
+        assert!(store.providers(&key).is_empty());
+        assert_eq!(store.records(), 0);
+    }
+}

@@ -1,0 +1,958 @@
+//! A running node: one event loop owns the swarm; a cloneable [`Handle`]
+//! talks to it over a bounded channel with oneshot replies. Store work
+//! (fsync, hashing, proofs) runs on blocking threads, at most
+//! [`JOBS`] at once, and reports back to the loop.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use cairn_protocol::record::{Receipt, SignedReceipt, Terms};
+use cairn_protocol::wire::{
+    AuditRequest, AuditResponse, FetchRequest, FetchResponse, StoreRequest, StoreResponse,
+};
+use cid::Cid;
+use futures::StreamExt as _;
+use libp2p::identity::Keypair;
+use libp2p::kad::{self, QueryId, QueryResult, RecordKey};
+use libp2p::multiaddr::Protocol;
+use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, PeerId, Swarm, SwarmBuilder, noise, tcp, yamux};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::task::JoinSet;
+
+use crate::identity;
+use crate::net::providers::{self, ProviderStore};
+use crate::net::{Behaviour, BehaviourEvent};
+use crate::store::{self, Store};
+
+/// Store jobs (writes, verified reads, proofs) run at once.
+pub const JOBS: usize = 8;
+/// Commands queued to the event loop.
+const COMMANDS: usize = 64;
+
+/// What a node is started with. Defaults are those of `cairn node`.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    /// Bytes of piece data to hold. 0 makes a client: it asks but does not serve.
+    pub capacity: u64,
+    pub listen: Vec<Multiaddr>,
+    /// Peers to join through, each with its `/p2p/<peer id>`.
+    pub bootstrap: Vec<Multiaddr>,
+    /// Addresses others can reach this node at, announced as confirmed.
+    pub external: Vec<Multiaddr>,
+    pub max_connections: u32,
+    /// Every held piece is announced again this often. Default 12 h (provider
+    /// records live 48 h).
+    pub announce_interval: Duration,
+    /// Announcements in flight at once. Default 32.
+    pub announce_concurrency: usize,
+    /// How often expired pieces are deleted. Default 10 min.
+    pub expiry_interval: Duration,
+}
+
+impl Config {
+    pub fn new(data_dir: PathBuf) -> Self {
+        Config {
+            data_dir,
+            capacity: 10 << 30,
+            listen: vec![
+                "/ip4/0.0.0.0/tcp/4001".parse().expect("valid"),
+                "/ip4/0.0.0.0/udp/4001/quic-v1".parse().expect("valid"),
+            ],
+            bootstrap: Vec::new(),
+            external: Vec::new(),
+            max_connections: 512,
+            announce_interval: Duration::from_secs(12 * 3600),
+            announce_concurrency: 32,
+            expiry_interval: Duration::from_secs(600),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Identity(#[from] identity::Error),
+    #[error("piece store: {0}")]
+    Store(#[from] store::Error),
+    #[error("provider store: {0}")]
+    Providers(String),
+    #[error("network: {0}")]
+    Network(String),
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen { addr: Multiaddr, reason: String },
+    #[error("bootstrap address {0} must end in /p2p/<peer id>")]
+    BootstrapAddr(Multiaddr),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("the node has stopped")]
+    Stopped,
+    #[error("request to {peer} failed: {reason}")]
+    Failed { peer: PeerId, reason: String },
+    #[error("lookup failed: {0}")]
+    Lookup(String),
+}
+
+/// A request to a peer, on one of Cairn's protocols.
+#[derive(Debug)]
+pub enum Request {
+    Store(StoreRequest),
+    Fetch(FetchRequest),
+    Audit(AuditRequest),
+}
+
+#[derive(Debug)]
+pub enum Response {
+    Store(StoreResponse),
+    Fetch(FetchResponse),
+    Audit(AuditResponse),
+}
+
+enum Command {
+    Request {
+        peer: PeerId,
+        request: Request,
+        reply: oneshot::Sender<Result<Response, RequestError>>,
+    },
+    Providers {
+        key: Cid,
+        reply: oneshot::Sender<Result<HashSet<PeerId>, RequestError>>,
+    },
+    Dial {
+        addr: Multiaddr,
+        reply: oneshot::Sender<Result<(), RequestError>>,
+    },
+    Status {
+        reply: oneshot::Sender<Status>,
+    },
+}
+
+/// What the node is doing, for tests and the control API.
+#[derive(Debug, Clone, Default)]
+pub struct Status {
+    pub connected_peers: usize,
+    pub routing_table: usize,
+    pub pieces: u64,
+    pub used: u64,
+    pub capacity: u64,
+    /// Announcement rounds completed since start.
+    pub announce_rounds: u64,
+    pub announced: u64,
+    /// Kademlia requests sent for announcements.
+    pub announce_requests: u64,
+    /// Duration of the last completed round.
+    pub last_round: Option<Duration>,
+}
+
+/// Talks to a running node. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Handle {
+    peer_id: PeerId,
+    commands: mpsc::Sender<Command>,
+}
+
+impl Handle {
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, RequestError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(make(tx))
+            .await
+            .map_err(|_| RequestError::Stopped)?;
+        rx.await.map_err(|_| RequestError::Stopped)
+    }
+
+    pub async fn request(&self, peer: PeerId, request: Request) -> Result<Response, RequestError> {
+        self.call(|reply| Command::Request {
+            peer,
+            request,
+            reply,
+        })
+        .await?
+    }
+
+    pub async fn store(
+        &self,
+        peer: PeerId,
+        request: StoreRequest,
+    ) -> Result<StoreResponse, RequestError> {
+        match self.request(peer, Request::Store(request)).await? {
+            Response::Store(r) => Ok(r),
+            _ => unreachable!("a store request gets a store response"),
+        }
+    }
+
+    pub async fn fetch(
+        &self,
+        peer: PeerId,
+        request: FetchRequest,
+    ) -> Result<FetchResponse, RequestError> {
+        match self.request(peer, Request::Fetch(request)).await? {
+            Response::Fetch(r) => Ok(r),
+            _ => unreachable!("a fetch request gets a fetch response"),
+        }
+    }
+
+    pub async fn audit(
+        &self,
+        peer: PeerId,
+        request: AuditRequest,
+    ) -> Result<AuditResponse, RequestError> {
+        match self.request(peer, Request::Audit(request)).await? {
+            Response::Audit(r) => Ok(r),
+            _ => unreachable!("an audit request gets an audit response"),
+        }
+    }
+
+    /// The peers the DHT names as providers of `key` (this node included if it holds it).
+    pub async fn providers(&self, key: Cid) -> Result<HashSet<PeerId>, RequestError> {
+        self.call(|reply| Command::Providers { key, reply }).await?
+    }
+
+    /// Connects to `addr` (ending in `/p2p/<peer id>`).
+    pub async fn dial(&self, addr: Multiaddr) -> Result<(), RequestError> {
+        self.call(|reply| Command::Dial { addr, reply }).await?
+    }
+
+    pub async fn status(&self) -> Result<Status, RequestError> {
+        self.call(|reply| Command::Status { reply }).await
+    }
+}
+
+/// A started node: its handle, its addresses and its task.
+pub struct Node {
+    pub handle: Handle,
+    pub peer_id: PeerId,
+    pub listen_addrs: Vec<Multiaddr>,
+    /// Whether this start created the identity.
+    pub new_identity: bool,
+    pub recovery: store::Recovery,
+    shutdown: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Node {
+    /// Opens the data directory, listens, dials the bootstrap peers and
+    /// runs the event loop on the current tokio runtime.
+    pub async fn start(config: Config) -> Result<Node, StartError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            StartError::Store(store::Error::Io {
+                op: "create",
+                path: config.data_dir.clone(),
+                source: e,
+            })
+        })?;
+        let (key, new_identity) = identity::load_or_create(&config.data_dir)?;
+        let peer_id = key.public().to_peer_id();
+        let (store, recovery) = Store::open(
+            &config.data_dir.join("store"),
+            store::Limits::new(config.capacity),
+        )?;
+        let store = Arc::new(store);
+        let providers = ProviderStore::open(
+            &config.data_dir.join("providers.redb"),
+            peer_id,
+            Some(store.clone()),
+            providers::Limits::default(),
+        )
+        .map_err(|e| StartError::Providers(e.to_string()))?;
+        let serve = config.capacity > 0;
+        let mut swarm = build_swarm(&key, providers, config.max_connections, serve)?;
+        let listen_addrs = listen(&mut swarm, &config.listen).await?;
+        for addr in &config.external {
+            swarm.add_external_address(addr.clone());
+        }
+        for addr in &config.bootstrap {
+            let Some(Protocol::P2p(peer)) = addr.iter().last() else {
+                return Err(StartError::BootstrapAddr(addr.clone()));
+            };
+            swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+            if let Err(e) = swarm.dial(addr.clone()) {
+                tracing::warn!(%addr, error = %e, "cannot dial bootstrap peer");
+            }
+        }
+        let signer = identity::signing_key(&key)
+            .ok_or_else(|| StartError::Network("identity is not an ed25519 key".into()))?;
+        let (commands, command_rx) = mpsc::channel(COMMANDS);
+        let (shutdown, shutdown_rx) = oneshot::channel();
+        let (done_tx, done_rx) = mpsc::channel(JOBS * 2);
+        let event_loop = EventLoop {
+            swarm,
+            store,
+            signer: Arc::new(signer),
+            commands: command_rx,
+            done_tx,
+            done_rx,
+            jobs: JoinSet::new(),
+            permits: Arc::new(Semaphore::new(JOBS)),
+            pending: HashMap::new(),
+            lookups: HashMap::new(),
+            announcer: Announcer::new(config.announce_concurrency),
+            config,
+        };
+        let task = tokio::spawn(event_loop.run(shutdown_rx));
+        Ok(Node {
+            handle: Handle { peer_id, commands },
+            peer_id,
+            listen_addrs,
+            new_identity,
+            recovery,
+            shutdown,
+            task,
+        })
+    }
+
+    /// Stops the node: in-flight store work finishes, then the databases close.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(());
+        let _ = self.task.await;
+    }
+}
+
+fn build_swarm(
+    key: &Keypair,
+    providers: ProviderStore,
+    max_connections: u32,
+    serve: bool,
+) -> Result<Swarm<Behaviour>, StartError> {
+    let net = |e: &dyn std::fmt::Display| StartError::Network(e.to_string());
+    Ok(SwarmBuilder::with_existing_identity(key.clone())
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(|e| net(&e))?
+        .with_quic()
+        .with_relay_client(noise::Config::new, yamux::Config::default)
+        .map_err(|e| net(&e))?
+        .with_behaviour(|key, relay| Behaviour::new(key, relay, providers, max_connections, serve))
+        .map_err(|e| net(&e))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build())
+}
+
+/// Starts every listener and waits until each has its first address (so a
+/// port 0 is known). Loopback addresses are taken as external: only this
+/// machine can reach them, and it can.
+async fn listen(
+    swarm: &mut Swarm<Behaviour>,
+    addrs: &[Multiaddr],
+) -> Result<Vec<Multiaddr>, StartError> {
+    let mut waiting = HashMap::new();
+    for addr in addrs {
+        let id = swarm
+            .listen_on(addr.clone())
+            .map_err(|e| StartError::Listen {
+                addr: addr.clone(),
+                reason: e.to_string(),
+            })?;
+        waiting.insert(id, addr.clone());
+    }
+    let mut found = Vec::new();
+    let deadline = tokio::time::sleep(Duration::from_secs(10));
+    tokio::pin!(deadline);
+    while !waiting.is_empty() {
+        let event = tokio::select! {
+            e = swarm.select_next_some() => e,
+            () = &mut deadline => {
+                let addr = waiting.into_values().next().expect("not empty");
+                return Err(StartError::Listen { addr, reason: "no address within 10 s".into() });
+            }
+        };
+        match event {
+            SwarmEvent::NewListenAddr {
+                listener_id,
+                address,
+            } => {
+                waiting.remove(&listener_id);
+                note_listen_addr(swarm, &address);
+                found.push(address);
+            }
+            SwarmEvent::ListenerClosed {
+                listener_id,
+                reason,
+                ..
+            } => {
+                if let Some(addr) = waiting.remove(&listener_id) {
+                    let reason = reason.err().map_or("closed".into(), |e| e.to_string());
+                    return Err(StartError::Listen { addr, reason });
+                }
+            }
+            SwarmEvent::ListenerError { listener_id, error } => {
+                if let Some(addr) = waiting.remove(&listener_id) {
+                    return Err(StartError::Listen {
+                        addr,
+                        reason: error.to_string(),
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(found)
+}
+
+fn note_listen_addr(swarm: &mut Swarm<Behaviour>, addr: &Multiaddr) {
+    let loopback = addr.iter().any(|p| match p {
+        Protocol::Ip4(ip) => ip.is_loopback(),
+        Protocol::Ip6(ip) => ip.is_loopback(),
+        _ => false,
+    });
+    if loopback {
+        swarm.add_external_address(addr.clone());
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The announcement schedule: a round walks the piece index in order,
+/// keeping `concurrency` provider announcements in flight; freshly stored
+/// pieces go first. A plain state machine: the loop feeds it events.
+struct Announcer {
+    concurrency: usize,
+    fresh: VecDeque<Cid>,
+    in_flight: HashMap<QueryId, Cid>,
+    /// Where the current round is in the index; `None` between rounds.
+    cursor: Option<Option<Cid>>,
+    round_started: Instant,
+    next_round: Option<Instant>,
+    status: Status,
+}
+
+/// Fresh pieces queued for announcement beyond which the oldest wait for the next round.
+const FRESH: usize = 4096;
+
+impl Announcer {
+    fn new(concurrency: usize) -> Self {
+        Announcer {
+            concurrency: concurrency.max(1),
+            fresh: VecDeque::new(),
+            in_flight: HashMap::new(),
+            cursor: None,
+            round_started: Instant::now(),
+            next_round: None,
+            status: Status::default(),
+        }
+    }
+
+    fn stored(&mut self, piece: Cid) {
+        if self.fresh.len() < FRESH {
+            self.fresh.push_back(piece);
+        }
+    }
+
+    fn start_round(&mut self, now: Instant) {
+        if self.cursor.is_none() {
+            self.cursor = Some(None);
+            self.round_started = now;
+            self.next_round = None;
+        }
+    }
+
+    /// The next pieces to announce, up to the free concurrency.
+    fn next(&mut self, store: &Store) -> Vec<Cid> {
+        let room = self.concurrency.saturating_sub(self.in_flight.len());
+        let mut out: Vec<Cid> = (0..room).map_while(|_| self.fresh.pop_front()).collect();
+        if let Some(after) = self.cursor
+            && out.len() < room
+        {
+            match store.pieces_after(after.as_ref(), room - out.len()) {
+                Ok(batch) if batch.is_empty() => self.cursor = None,
+                Ok(batch) => {
+                    self.cursor = Some(batch.last().copied());
+                    out.extend(batch);
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot read the piece index to announce"),
+            }
+        }
+        out
+    }
+
+    fn done(&mut self, id: QueryId, requests: u32, now: Instant, interval: Duration) {
+        if self.in_flight.remove(&id).is_none() {
+            return;
+        }
+        self.status.announced += 1;
+        self.status.announce_requests += u64::from(requests);
+        self.finish_round(now, interval);
+    }
+
+    /// Ends the round once the walk ended and its last announcements are back.
+    fn finish_round(&mut self, now: Instant, interval: Duration) {
+        if self.cursor.is_none() && self.in_flight.is_empty() && self.next_round.is_none() {
+            let took = now - self.round_started;
+            self.status.announce_rounds += 1;
+            self.status.last_round = Some(took);
+            self.next_round = Some(now + interval);
+            tracing::info!(
+                announced = self.status.announced,
+                took_ms = took.as_millis() as u64,
+                "announcement round complete"
+            );
+        }
+    }
+}
+
+enum Done {
+    Store(ResponseChannel<StoreResponse>, StoreResponse, Option<Cid>),
+    Fetch(ResponseChannel<FetchResponse>, FetchResponse),
+    Audit(ResponseChannel<AuditResponse>, AuditResponse),
+    Expired(usize),
+}
+
+struct EventLoop {
+    swarm: Swarm<Behaviour>,
+    store: Arc<Store>,
+    signer: Arc<ed25519_dalek::SigningKey>,
+    commands: mpsc::Receiver<Command>,
+    done_tx: mpsc::Sender<Done>,
+    done_rx: mpsc::Receiver<Done>,
+    jobs: JoinSet<()>,
+    permits: Arc<Semaphore>,
+    pending: HashMap<OutboundRequestId, oneshot::Sender<Result<Response, RequestError>>>,
+    lookups: HashMap<
+        QueryId,
+        (
+            HashSet<PeerId>,
+            oneshot::Sender<Result<HashSet<PeerId>, RequestError>>,
+        ),
+    >,
+    announcer: Announcer,
+    config: Config,
+}
+
+impl EventLoop {
+    async fn run(mut self, mut shutdown: oneshot::Receiver<()>) {
+        let mut expiry = tokio::time::interval(self.config.expiry_interval);
+        let mut flush = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            let next_round = self.announcer.next_round;
+            tokio::select! {
+                _ = &mut shutdown => break,
+                event = self.swarm.select_next_some() => self.on_swarm(event),
+                Some(cmd) = self.commands.recv() => self.on_command(cmd),
+                Some(done) = self.done_rx.recv() => self.on_done(done),
+                _ = expiry.tick() => self.expire(),
+                _ = flush.tick() => self.flush(),
+                () = sleep_until(next_round) => self.announcer.start_round(Instant::now()),
+                Some(_) = self.jobs.join_next() => {}
+            }
+            self.announce();
+        }
+        // In-flight writes finish (they end with a durable commit or leave
+        // nothing), then the stores close as they drop.
+        while self.jobs.join_next().await.is_some() {}
+        self.flush();
+        tracing::info!("node stopped");
+    }
+
+    fn flush(&mut self) {
+        if let Err(e) = self.swarm.behaviour_mut().kad.store_mut().flush() {
+            tracing::warn!(error = %e, "cannot flush provider records");
+        }
+    }
+
+    fn announce(&mut self) {
+        let started = self.announcer.status.announce_rounds > 0 || self.announcer.cursor.is_some();
+        for piece in self.announcer.next(&self.store) {
+            let key = RecordKey::new(&piece.to_bytes());
+            match self.swarm.behaviour_mut().kad.start_providing(key) {
+                Ok(id) => {
+                    self.announcer.in_flight.insert(id, piece);
+                }
+                Err(e) => tracing::warn!(%piece, error = %e, "cannot announce piece"),
+            }
+        }
+        if started {
+            let interval = self.config.announce_interval;
+            self.announcer.finish_round(Instant::now(), interval);
+        }
+    }
+
+    fn expire(&mut self) {
+        let store = self.store.clone();
+        let done = self.done_tx.clone();
+        self.jobs
+            .spawn_blocking(move || match store.expire(unix_now(), 10_000) {
+                Ok(gone) if !gone.is_empty() => {
+                    let _ = done.blocking_send(Done::Expired(gone.len()));
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot delete expired pieces"),
+            });
+        let now = unix_now();
+        match self.swarm.behaviour_mut().kad.store_mut().expire(now) {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(removed = n, "expired provider records"),
+            Err(e) => tracing::warn!(error = %e, "cannot expire provider records"),
+        }
+    }
+
+    /// Runs store work on a blocking thread, at most [`JOBS`] at once.
+    fn spawn_job(&mut self, job: impl FnOnce(&Store) -> Done + Send + 'static) {
+        let (store, done, permits) = (
+            self.store.clone(),
+            self.done_tx.clone(),
+            self.permits.clone(),
+        );
+        self.jobs.spawn(async move {
+            let Ok(_permit) = permits.acquire_owned().await else {
+                return;
+            };
+            if let Ok(result) = tokio::task::spawn_blocking(move || job(&store)).await {
+                let _ = done.send(result).await;
+            }
+        });
+    }
+
+    fn on_done(&mut self, done: Done) {
+        let b = self.swarm.behaviour_mut();
+        // A peer that went away cannot get its answer; nothing else to do.
+        match done {
+            Done::Store(ch, resp, stored) => {
+                if let Some(piece) = stored {
+                    self.announcer.stored(piece);
+                }
+                let _ = b.store.send_response(ch, resp);
+            }
+            Done::Fetch(ch, resp) => {
+                let _ = b.fetch.send_response(ch, resp);
+            }
+            Done::Audit(ch, resp) => {
+                let _ = b.audit.send_response(ch, resp);
+            }
+            Done::Expired(n) => tracing::info!(pieces = n, "deleted expired pieces"),
+        }
+    }
+
+    fn on_command(&mut self, cmd: Command) {
+        let connected_peers = self.swarm.connected_peers().count();
+        let b = self.swarm.behaviour_mut();
+        match cmd {
+            Command::Request {
+                peer,
+                request,
+                reply,
+            } => {
+                let id = match request {
+                    Request::Store(r) => b.store.send_request(&peer, r),
+                    Request::Fetch(r) => b.fetch.send_request(&peer, r),
+                    Request::Audit(r) => b.audit.send_request(&peer, r),
+                };
+                self.pending.insert(id, reply);
+            }
+            Command::Providers { key, reply } => {
+                let id = b.kad.get_providers(RecordKey::new(&key.to_bytes()));
+                self.lookups.insert(id, (HashSet::new(), reply));
+            }
+            Command::Dial { addr, reply } => {
+                let result = self
+                    .swarm
+                    .dial(addr)
+                    .map_err(|e| RequestError::Lookup(e.to_string()));
+                let _ = reply.send(result);
+            }
+            Command::Status { reply } => {
+                let mut s = self.announcer.status.clone();
+                s.connected_peers = connected_peers;
+                s.routing_table = b.kad.kbuckets().map(|k| k.num_entries()).sum();
+                s.pieces = self.store.count();
+                s.used = self.store.used();
+                s.capacity = self.store.limits().capacity;
+                let _ = reply.send(s);
+            }
+        }
+    }
+
+    fn on_swarm(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::Behaviour(BehaviourEvent::Store(e)) => self.on_store(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Fetch(e)) => self.on_fetch(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Audit(e)) => self.on_audit(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(e)) => self.on_kad(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(
+                libp2p::identify::Event::Received { peer_id, info, .. },
+            )) => {
+                // Peers that speak Cairn's DHT go in the routing table with
+                // the addresses they listen on.
+                if info
+                    .protocols
+                    .iter()
+                    .any(|p| *p == crate::net::KAD_PROTOCOL)
+                {
+                    for addr in info.listen_addrs {
+                        self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                    }
+                }
+            }
+            SwarmEvent::NewListenAddr { address, .. } => {
+                note_listen_addr(&mut self.swarm, &address);
+                tracing::info!(%address, "listening");
+            }
+            SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+                tracing::debug!(%peer_id, "connected");
+            }
+            _ => {}
+        }
+    }
+
+    fn on_kad(&mut self, event: kad::Event) {
+        match event {
+            kad::Event::RoutingUpdated { .. } => {
+                // The first peer in the table starts the first round.
+                if self.announcer.status.announce_rounds == 0 && self.announcer.next_round.is_none()
+                {
+                    self.announcer.start_round(Instant::now());
+                }
+            }
+            kad::Event::OutboundQueryProgressed {
+                id,
+                result,
+                stats,
+                step,
+            } => match result {
+                QueryResult::StartProviding(r) => {
+                    if let Err(e) = r {
+                        tracing::debug!(error = ?e, "announcement incomplete");
+                    }
+                    let interval = self.config.announce_interval;
+                    self.announcer
+                        .done(id, stats.num_requests(), Instant::now(), interval);
+                }
+                QueryResult::GetProviders(r) => {
+                    let Some((found, _)) = self.lookups.get_mut(&id) else {
+                        return;
+                    };
+                    match r {
+                        Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) => {
+                            found.extend(providers);
+                        }
+                        Ok(kad::GetProvidersOk::FinishedWithNoAdditionalRecord { .. }) => {}
+                        Err(e) => tracing::debug!(error = ?e, "provider lookup incomplete"),
+                    }
+                    if step.last {
+                        if let Some((found, reply)) = self.lookups.remove(&id) {
+                            let _ = reply.send(Ok(found));
+                        }
+                    }
+                }
+                _ => {}
+            },
+            _ => {}
+        }
+    }
+
+    fn on_store(&mut self, event: request_response::Event<StoreRequest, StoreResponse>) {
+        use request_response::{Event, Message};
+        match event {
+            Event::Message {
+                peer,
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => match request {
+                StoreRequest::OfferV1(terms) => {
+                    let resp = match self.store.reserve(&peer.to_bytes(), &terms, unix_now()) {
+                        Ok(reserved_until) => StoreResponse::AcceptedV1 { reserved_until },
+                        Err(reason) => {
+                            tracing::debug!(%peer, piece = %terms.piece, ?reason, "offer declined");
+                            StoreResponse::RejectedV1(reason)
+                        }
+                    };
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .store
+                        .send_response(channel, resp);
+                }
+                StoreRequest::TransferV1(transfer) => {
+                    let signer = self.signer.clone();
+                    self.spawn_job(move |store| {
+                        let sign = |terms: Terms| -> SignedReceipt {
+                            Receipt {
+                                node: [0; 32],
+                                terms,
+                            }
+                            .sign(&signer)
+                        };
+                        let result = store.store(&peer.to_bytes(), &transfer, unix_now(), sign);
+                        match result {
+                            Ok(receipt) => {
+                                tracing::info!(%peer, piece = %transfer.piece, "stored piece");
+                                Done::Store(channel, StoreResponse::StoredV1(receipt), Some(transfer.piece))
+                            }
+                            Err(e) => {
+                                tracing::info!(%peer, piece = %transfer.piece, error = ?e, "transfer refused");
+                                Done::Store(channel, StoreResponse::FailedV1(e), None)
+                            }
+                        }
+                    });
+                }
+            },
+            Event::Message {
+                message:
+                    Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => self.reply(request_id, Ok(Response::Store(response))),
+            Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => self.fail(peer, request_id, error),
+            _ => {}
+        }
+    }
+
+    fn on_fetch(&mut self, event: request_response::Event<FetchRequest, FetchResponse>) {
+        use request_response::{Event, Message};
+        match event {
+            Event::Message {
+                peer,
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                self.spawn_job(move |store| Done::Fetch(channel, serve_fetch(store, peer, request)))
+            }
+            Event::Message {
+                message:
+                    Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => self.reply(request_id, Ok(Response::Fetch(response))),
+            Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => self.fail(peer, request_id, error),
+            _ => {}
+        }
+    }
+
+    fn on_audit(&mut self, event: request_response::Event<AuditRequest, AuditResponse>) {
+        use request_response::{Event, Message};
+        match event {
+            Event::Message {
+                peer,
+                message:
+                    Message::Request {
+                        request: AuditRequest::ChallengeV1 { piece, nonce },
+                        channel,
+                        ..
+                    },
+                ..
+            } => self.spawn_job(move |store| {
+                let resp = match store.prove(&piece, &nonce, unix_now()) {
+                    Ok(Some(proof)) => AuditResponse::ProofV1(proof),
+                    Ok(None) => AuditResponse::NotFoundV1,
+                    Err(e) => {
+                        tracing::warn!(%peer, %piece, error = %e, "cannot answer audit");
+                        AuditResponse::NotFoundV1
+                    }
+                };
+                Done::Audit(channel, resp)
+            }),
+            Event::Message {
+                message:
+                    Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => self.reply(request_id, Ok(Response::Audit(response))),
+            Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => self.fail(peer, request_id, error),
+            _ => {}
+        }
+    }
+
+    fn reply(&mut self, id: OutboundRequestId, result: Result<Response, RequestError>) {
+        if let Some(reply) = self.pending.remove(&id) {
+            let _ = reply.send(result);
+        }
+    }
+
+    fn fail(
+        &mut self,
+        peer: PeerId,
+        id: OutboundRequestId,
+        error: request_response::OutboundFailure,
+    ) {
+        self.reply(
+            id,
+            Err(RequestError::Failed {
+                peer,
+                reason: error.to_string(),
+            }),
+        );
+    }
+}
+
+fn serve_fetch(store: &Store, peer: PeerId, request: FetchRequest) -> FetchResponse {
+    let result = match request {
+        FetchRequest::PieceV1 { piece } => store
+            .read(&piece)
+            .map(|d| d.map(|data| FetchResponse::PieceV1 { data: data.into() })),
+        FetchRequest::RangeV1 { piece, offset, len } => {
+            store.read_range(&piece, offset, len).map(|r| {
+                r.map(|(size, encoded)| FetchResponse::RangeV1 {
+                    size,
+                    encoded: encoded.into(),
+                })
+            })
+        }
+        // Manifests are stored and served with add/get (issue #4).
+        FetchRequest::ManifestV1 { .. } => Ok(None),
+    };
+    match result {
+        Ok(Some(resp)) => resp,
+        Ok(None) => FetchResponse::NotFoundV1,
+        Err(store::Error::Proof(e)) => FetchResponse::FailedV1 {
+            reason: e.to_string(),
+        },
+        Err(e) => {
+            tracing::warn!(%peer, error = %e, "cannot serve fetch");
+            FetchResponse::NotFoundV1
+        }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
