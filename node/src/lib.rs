@@ -4,6 +4,7 @@
 //! and directories on disk into UnixFS DAGs ([`add`]).
 
 pub mod add;
+pub mod cli;
 pub mod config;
 pub mod identity;
 pub mod net;

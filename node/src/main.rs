@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use anyhow::{Context as _, Result, bail};
 use bytesize::ByteSize;
 use cairn_node::add::{self, Options};
+use cairn_node::cli;
 use cairn_node::config::{self, LogFormat};
 use cairn_node::node::{self, Node};
 use cairn_node::store::{self, Store};
@@ -126,18 +127,6 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
-    }
-}
-
-fn init_logs(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => logs.init(),
-        LogFormat::Json => logs.json().init(),
     }
 }
 
@@ -278,7 +267,7 @@ fn node_config(args: NodeArgs) -> Result<(node::Config, LogFormat)> {
 
 fn run_node(args: NodeArgs) -> Result<()> {
     let (config, log) = node_config(args)?;
-    init_logs(log);
+    cli::init_logs(log);
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {
         let data_dir = config.data_dir.clone();
@@ -294,20 +283,9 @@ fn run_node(args: NodeArgs) -> Result<()> {
             println!("listening on {addr}/p2p/{id}");
         }
         std::io::stdout().flush()?;
-        shutdown_signal().await?;
+        cli::shutdown_signal().await?;
         tracing::info!("shutting down");
         node.stop().await;
         Ok(())
     })
-}
-
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() -> Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r.context("cannot watch SIGINT")?,
-        _ = term.recv() => {}
-    }
-    Ok(())
 }

@@ -18,7 +18,7 @@ use libp2p::identity::Keypair;
 use libp2p::kad::{self, QueryId, QueryResult, RecordKey};
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
-use libp2p::swarm::SwarmEvent;
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, SwarmBuilder, noise, tcp, yamux};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
@@ -299,6 +299,7 @@ impl Node {
             permits: Arc::new(Semaphore::new(JOBS)),
             pending: HashMap::new(),
             lookups: HashMap::new(),
+            unaddressed: HashMap::new(),
             announcer: Announcer::new(config.announce_concurrency),
             config,
         };
@@ -348,8 +349,8 @@ fn build_swarm(
 /// Starts every listener and waits until each has its first address (so a
 /// port 0 is known). Loopback addresses are taken as external: only this
 /// machine can reach them, and it can.
-async fn listen(
-    swarm: &mut Swarm<Behaviour>,
+pub async fn listen<B: NetworkBehaviour>(
+    swarm: &mut Swarm<B>,
     addrs: &[Multiaddr],
 ) -> Result<Vec<Multiaddr>, StartError> {
     let mut waiting = HashMap::new();
@@ -406,7 +407,7 @@ async fn listen(
     Ok(found)
 }
 
-fn note_listen_addr(swarm: &mut Swarm<Behaviour>, addr: &Multiaddr) {
+fn note_listen_addr<B: NetworkBehaviour>(swarm: &mut Swarm<B>, addr: &Multiaddr) {
     let loopback = addr.iter().any(|p| match p {
         Protocol::Ip4(ip) => ip.is_loopback(),
         Protocol::Ip6(ip) => ip.is_loopback(),
@@ -430,11 +431,18 @@ struct Announcer {
     concurrency: usize,
     fresh: VecDeque<Cid>,
     in_flight: HashMap<QueryId, Cid>,
-    /// Where the current round is in the index; `None` between rounds.
-    cursor: Option<Option<Cid>>,
-    round_started: Instant,
+    round: Option<Round>,
     next_round: Option<Instant>,
     status: Status,
+}
+
+struct Round {
+    /// The last piece taken from the index; `None` before the first.
+    cursor: Option<Cid>,
+    /// The walk reached the end of the index.
+    walked: bool,
+    started: Instant,
+    announced: u64,
 }
 
 /// Fresh pieces queued for announcement beyond which the oldest wait for the next round.
@@ -446,8 +454,7 @@ impl Announcer {
             concurrency: concurrency.max(1),
             fresh: VecDeque::new(),
             in_flight: HashMap::new(),
-            cursor: None,
-            round_started: Instant::now(),
+            round: None,
             next_round: None,
             status: Status::default(),
         }
@@ -459,25 +466,35 @@ impl Announcer {
         }
     }
 
+    /// Starts a round unless one is running.
     fn start_round(&mut self, now: Instant) {
-        if self.cursor.is_none() {
-            self.cursor = Some(None);
-            self.round_started = now;
+        if self.round.is_none() {
             self.next_round = None;
+            self.round = Some(Round {
+                cursor: None,
+                walked: false,
+                started: now,
+                announced: 0,
+            });
         }
+    }
+
+    /// Whether no round has run or is running: the first waits for a peer.
+    fn never_started(&self) -> bool {
+        self.round.is_none() && self.next_round.is_none() && self.status.announce_rounds == 0
     }
 
     /// The next pieces to announce, up to the free concurrency.
     fn next(&mut self, store: &Store) -> Vec<Cid> {
         let room = self.concurrency.saturating_sub(self.in_flight.len());
         let mut out: Vec<Cid> = (0..room).map_while(|_| self.fresh.pop_front()).collect();
-        if let Some(after) = self.cursor
+        if let Some(round) = self.round.as_mut().filter(|r| !r.walked)
             && out.len() < room
         {
-            match store.pieces_after(after.as_ref(), room - out.len()) {
-                Ok(batch) if batch.is_empty() => self.cursor = None,
+            match store.pieces_after(round.cursor.as_ref(), room - out.len()) {
+                Ok(batch) if batch.is_empty() => round.walked = true,
                 Ok(batch) => {
-                    self.cursor = Some(batch.last().copied());
+                    round.cursor = batch.last().copied();
                     out.extend(batch);
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot read the piece index to announce"),
@@ -486,28 +503,34 @@ impl Announcer {
         out
     }
 
-    fn done(&mut self, id: QueryId, requests: u32, now: Instant, interval: Duration) {
+    fn done(&mut self, id: QueryId, requests: u32) {
         if self.in_flight.remove(&id).is_none() {
             return;
         }
         self.status.announced += 1;
         self.status.announce_requests += u64::from(requests);
-        self.finish_round(now, interval);
+        if let Some(round) = self.round.as_mut() {
+            round.announced += 1;
+        }
     }
 
     /// Ends the round once the walk ended and its last announcements are back.
     fn finish_round(&mut self, now: Instant, interval: Duration) {
-        if self.cursor.is_none() && self.in_flight.is_empty() && self.next_round.is_none() {
-            let took = now - self.round_started;
-            self.status.announce_rounds += 1;
-            self.status.last_round = Some(took);
-            self.next_round = Some(now + interval);
-            tracing::info!(
-                announced = self.status.announced,
-                took_ms = took.as_millis() as u64,
-                "announcement round complete"
-            );
-        }
+        let Some(round) = self
+            .round
+            .take_if(|r| r.walked && self.in_flight.is_empty())
+        else {
+            return;
+        };
+        let took = now - round.started;
+        self.status.announce_rounds += 1;
+        self.status.last_round = Some(took);
+        self.next_round = Some(now + interval);
+        tracing::info!(
+            announced = round.announced,
+            took_ms = took.as_millis() as u64,
+            "announcement round complete"
+        );
     }
 }
 
@@ -527,7 +550,7 @@ struct EventLoop {
     done_rx: mpsc::Receiver<Done>,
     jobs: JoinSet<()>,
     permits: Arc<Semaphore>,
-    pending: HashMap<OutboundRequestId, oneshot::Sender<Result<Response, RequestError>>>,
+    pending: HashMap<OutboundRequestId, Reply>,
     lookups: HashMap<
         QueryId,
         (
@@ -535,9 +558,16 @@ struct EventLoop {
             oneshot::Sender<Result<HashSet<PeerId>, RequestError>>,
         ),
     >,
+    /// Requests to peers whose address is being looked up in the DHT.
+    unaddressed: HashMap<QueryId, Vec<(PeerId, Request, Reply)>>,
     announcer: Announcer,
     config: Config,
 }
+
+type Reply = oneshot::Sender<Result<Response, RequestError>>;
+
+/// Requests parked while their peer's address is looked up.
+const UNADDRESSED: usize = 256;
 
 impl EventLoop {
     async fn run(mut self, mut shutdown: oneshot::Receiver<()>) {
@@ -571,7 +601,6 @@ impl EventLoop {
     }
 
     fn announce(&mut self) {
-        let started = self.announcer.status.announce_rounds > 0 || self.announcer.cursor.is_some();
         for piece in self.announcer.next(&self.store) {
             let key = RecordKey::new(&piece.to_bytes());
             match self.swarm.behaviour_mut().kad.start_providing(key) {
@@ -581,10 +610,8 @@ impl EventLoop {
                 Err(e) => tracing::warn!(%piece, error = %e, "cannot announce piece"),
             }
         }
-        if started {
-            let interval = self.config.announce_interval;
-            self.announcer.finish_round(Instant::now(), interval);
-        }
+        let interval = self.config.announce_interval;
+        self.announcer.finish_round(Instant::now(), interval);
     }
 
     fn expire(&mut self) {
@@ -652,12 +679,24 @@ impl EventLoop {
                 request,
                 reply,
             } => {
-                let id = match request {
-                    Request::Store(r) => b.store.send_request(&peer, r),
-                    Request::Fetch(r) => b.fetch.send_request(&peer, r),
-                    Request::Audit(r) => b.audit.send_request(&peer, r),
-                };
-                self.pending.insert(id, reply);
+                let known = b
+                    .kad
+                    .kbucket(peer)
+                    .is_some_and(|bucket| bucket.iter().any(|e| *e.node.key.preimage() == peer));
+                if known || self.swarm.is_connected(&peer) {
+                    self.send(peer, request, reply);
+                } else if self.unaddressed.values().map(Vec::len).sum::<usize>() >= UNADDRESSED {
+                    let _ = reply.send(Err(RequestError::Lookup(
+                        "too many lookups in flight".into(),
+                    )));
+                } else {
+                    // Find the peer's address first: a FIND_NODE walk towards it.
+                    let id = self.swarm.behaviour_mut().kad.get_closest_peers(peer);
+                    self.unaddressed
+                        .entry(id)
+                        .or_default()
+                        .push((peer, request, reply));
+                }
             }
             Command::Providers { key, reply } => {
                 let id = b.kad.get_providers(RecordKey::new(&key.to_bytes()));
@@ -718,8 +757,7 @@ impl EventLoop {
         match event {
             kad::Event::RoutingUpdated { .. } => {
                 // The first peer in the table starts the first round.
-                if self.announcer.status.announce_rounds == 0 && self.announcer.next_round.is_none()
-                {
+                if self.announcer.never_started() {
                     self.announcer.start_round(Instant::now());
                 }
             }
@@ -733,9 +771,26 @@ impl EventLoop {
                     if let Err(e) = r {
                         tracing::debug!(error = ?e, "announcement incomplete");
                     }
-                    let interval = self.config.announce_interval;
-                    self.announcer
-                        .done(id, stats.num_requests(), Instant::now(), interval);
+                    self.announcer.done(id, stats.num_requests());
+                }
+                QueryResult::GetClosestPeers(r) => {
+                    let Some(parked) = self.unaddressed.remove(&id) else {
+                        return;
+                    };
+                    let peers = match r {
+                        Ok(ok) => ok.peers,
+                        Err(kad::GetClosestPeersError::Timeout { peers, .. }) => peers,
+                    };
+                    for info in peers {
+                        for addr in info.addrs {
+                            self.swarm.add_peer_address(info.peer_id, addr);
+                        }
+                    }
+                    // Sent either way: without an address the request fails
+                    // with a dial error, which the caller sees.
+                    for (peer, request, reply) in parked {
+                        self.send(peer, request, reply);
+                    }
                 }
                 QueryResult::GetProviders(r) => {
                     let Some((found, _)) = self.lookups.get_mut(&id) else {
@@ -897,6 +952,16 @@ impl EventLoop {
             } => self.fail(peer, request_id, error),
             _ => {}
         }
+    }
+
+    fn send(&mut self, peer: PeerId, request: Request, reply: Reply) {
+        let b = self.swarm.behaviour_mut();
+        let id = match request {
+            Request::Store(r) => b.store.send_request(&peer, r),
+            Request::Fetch(r) => b.fetch.send_request(&peer, r),
+            Request::Audit(r) => b.audit.send_request(&peer, r),
+        };
+        self.pending.insert(id, reply);
     }
 
     fn reply(&mut self, id: OutboundRequestId, result: Result<Response, RequestError>) {

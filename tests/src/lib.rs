@@ -76,3 +76,151 @@ pub mod reference {
         Ok(serde_json::from_value(run(&["readcar", path(car)])?)?)
     }
 }
+
+pub mod procs {
+    //! Real `cairn` and `cairn-bootstrap` processes on loopback. The binaries
+    //! are the workspace's own, built beside the test executable
+    //! (`scripts/test` builds them first).
+
+    use std::fs::File;
+    use std::io::{BufRead as _, BufReader, Write as _};
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Command, Stdio};
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use anyhow::{Context as _, Result, bail};
+
+    /// Path of a workspace binary built in the same profile as the test.
+    pub fn bin(name: &str) -> Result<PathBuf> {
+        let exe = std::env::current_exe()?;
+        let dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .context("test executable has no target directory")?;
+        let path = dir.join(name);
+        if !path.exists() {
+            bail!(
+                "{} is missing: run `cargo build --release --bins` (scripts/test does)",
+                path.display()
+            );
+        }
+        Ok(path)
+    }
+
+    /// A running process, killed when dropped. Its stderr (logs) is kept in
+    /// `<dir>/<name>.log`.
+    pub struct Proc {
+        child: Child,
+        stderr: mpsc::Receiver<String>,
+        pub peer_id: String,
+        /// Listen addresses with `/p2p/<peer id>`, as printed.
+        pub addrs: Vec<String>,
+        pub log: PathBuf,
+    }
+
+    impl Proc {
+        /// Starts `bin args…` and waits (up to 30 s) until it prints its
+        /// peer ID and first listen address.
+        pub fn spawn(bin: &Path, args: &[&str], log: PathBuf) -> Result<Proc> {
+            let mut child = Command::new(bin)
+                .args(args)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .with_context(|| format!("cannot start {}", bin.display()))?;
+            // stderr goes to the log file and, line by line, to `wait_log`.
+            let stderr = child.stderr.take().context("no stderr")?;
+            let mut file = File::create(&log)?;
+            let (err_tx, err_rx) = mpsc::channel();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    let _ = writeln!(file, "{line}");
+                    let _ = err_tx.send(line);
+                }
+            });
+            let stdout = child.stdout.take().context("no stdout")?;
+            let (tx, rx) = mpsc::channel();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines() {
+                    let Ok(line) = line else { break };
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+            let mut peer_id = None;
+            let mut addrs = Vec::new();
+            while addrs.is_empty() {
+                let line = match rx.recv_timeout(Duration::from_secs(30)) {
+                    Ok(line) => line,
+                    Err(_) => {
+                        let _ = child.kill();
+                        let logs = std::fs::read_to_string(&log).unwrap_or_default();
+                        bail!("{} printed no address; its log:\n{logs}", bin.display());
+                    }
+                };
+                if let Some(id) = line.strip_prefix("peer id: ") {
+                    peer_id = Some(id.to_string());
+                } else if let Some(addr) = line.strip_prefix("listening on ") {
+                    addrs.push(addr.to_string());
+                }
+            }
+            Ok(Proc {
+                child,
+                stderr: err_rx,
+                peer_id: peer_id.context("no peer id printed")?,
+                addrs,
+                log,
+            })
+        }
+
+        /// SIGKILL: no chance to clean up.
+        pub fn kill9(&mut self) -> Result<()> {
+            self.child.kill()?;
+            self.child.wait()?;
+            Ok(())
+        }
+
+        /// SIGTERM, then waits for a clean exit.
+        pub fn stop(&mut self) -> Result<()> {
+            let status = Command::new("kill")
+                .args(["-TERM", &self.child.id().to_string()])
+                .status()?;
+            if !status.success() {
+                bail!("kill -TERM failed");
+            }
+            let status = self.child.wait()?;
+            if !status.success() {
+                bail!("exited with {status} after SIGTERM");
+            }
+            Ok(())
+        }
+
+        /// Waits up to `limit` for a log line `matches` accepts; returns it.
+        pub fn wait_log(&self, limit: Duration, matches: impl Fn(&str) -> bool) -> Result<String> {
+            let deadline = std::time::Instant::now() + limit;
+            loop {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                match self.stderr.recv_timeout(left) {
+                    Ok(line) if matches(&line) => return Ok(line),
+                    Ok(_) => {}
+                    Err(_) => bail!("no such log line within {limit:?}"),
+                }
+            }
+        }
+
+        /// The process's log so far.
+        pub fn logs(&self) -> String {
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        }
+    }
+
+    impl Drop for Proc {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
