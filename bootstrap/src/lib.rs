@@ -119,11 +119,9 @@ impl Bootstrap {
                 peer_id,
                 info,
                 ..
-            })) => {
-                if info.protocols.contains(&net::KAD_PROTOCOL) {
-                    for addr in info.listen_addrs {
-                        self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
-                    }
+            })) if info.protocols.contains(&net::KAD_PROTOCOL) => {
+                for addr in info.listen_addrs {
+                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
                 }
             }
             SwarmEvent::ConnectionEstablished { peer_id, .. } => {

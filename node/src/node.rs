@@ -78,7 +78,7 @@ pub enum StartError {
     #[error(transparent)]
     Identity(#[from] identity::Error),
     #[error("piece store: {0}")]
-    Store(#[from] store::Error),
+    Store(Box<store::Error>),
     #[error("provider store: {0}")]
     Providers(String),
     #[error("network: {0}")]
@@ -87,6 +87,12 @@ pub enum StartError {
     Listen { addr: Multiaddr, reason: String },
     #[error("bootstrap address {0} must end in /p2p/<peer id>")]
     BootstrapAddr(Multiaddr),
+}
+
+impl From<store::Error> for StartError {
+    fn from(e: store::Error) -> Self {
+        StartError::Store(Box::new(e))
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -248,7 +254,7 @@ impl Node {
     /// runs the event loop on the current tokio runtime.
     pub async fn start(config: Config) -> Result<Node, StartError> {
         std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-            StartError::Store(store::Error::Io {
+            StartError::from(store::Error::Io {
                 op: "create",
                 path: config.data_dir.clone(),
                 source: e,
@@ -535,7 +541,11 @@ impl Announcer {
 }
 
 enum Done {
-    Store(ResponseChannel<StoreResponse>, StoreResponse, Option<Cid>),
+    Store(
+        ResponseChannel<StoreResponse>,
+        Box<StoreResponse>,
+        Option<Cid>,
+    ),
     Fetch(ResponseChannel<FetchResponse>, FetchResponse),
     Audit(ResponseChannel<AuditResponse>, AuditResponse),
     Expired(usize),
@@ -551,13 +561,7 @@ struct EventLoop {
     jobs: JoinSet<()>,
     permits: Arc<Semaphore>,
     pending: HashMap<OutboundRequestId, Reply>,
-    lookups: HashMap<
-        QueryId,
-        (
-            HashSet<PeerId>,
-            oneshot::Sender<Result<HashSet<PeerId>, RequestError>>,
-        ),
-    >,
+    lookups: HashMap<QueryId, (HashSet<PeerId>, ProvidersReply)>,
     /// Requests to peers whose address is being looked up in the DHT.
     unaddressed: HashMap<QueryId, Vec<(PeerId, Request, Reply)>>,
     announcer: Announcer,
@@ -565,6 +569,7 @@ struct EventLoop {
 }
 
 type Reply = oneshot::Sender<Result<Response, RequestError>>;
+type ProvidersReply = oneshot::Sender<Result<HashSet<PeerId>, RequestError>>;
 
 /// Requests parked while their peer's address is looked up.
 const UNADDRESSED: usize = 256;
@@ -658,7 +663,7 @@ impl EventLoop {
                 if let Some(piece) = stored {
                     self.announcer.stored(piece);
                 }
-                let _ = b.store.send_response(ch, resp);
+                let _ = b.store.send_response(ch, *resp);
             }
             Done::Fetch(ch, resp) => {
                 let _ = b.fetch.send_response(ch, resp);
@@ -727,19 +732,13 @@ impl EventLoop {
             SwarmEvent::Behaviour(BehaviourEvent::Fetch(e)) => self.on_fetch(e),
             SwarmEvent::Behaviour(BehaviourEvent::Audit(e)) => self.on_audit(e),
             SwarmEvent::Behaviour(BehaviourEvent::Kad(e)) => self.on_kad(e),
+            // Peers that speak Cairn's DHT go in the routing table with the
+            // addresses they listen on.
             SwarmEvent::Behaviour(BehaviourEvent::Identify(
                 libp2p::identify::Event::Received { peer_id, info, .. },
-            )) => {
-                // Peers that speak Cairn's DHT go in the routing table with
-                // the addresses they listen on.
-                if info
-                    .protocols
-                    .iter()
-                    .any(|p| *p == crate::net::KAD_PROTOCOL)
-                {
-                    for addr in info.listen_addrs {
-                        self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
-                    }
+            )) if info.protocols.contains(&crate::net::KAD_PROTOCOL) => {
+                for addr in info.listen_addrs {
+                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
                 }
             }
             SwarmEvent::NewListenAddr { address, .. } => {
@@ -755,11 +754,9 @@ impl EventLoop {
 
     fn on_kad(&mut self, event: kad::Event) {
         match event {
-            kad::Event::RoutingUpdated { .. } => {
-                // The first peer in the table starts the first round.
-                if self.announcer.never_started() {
-                    self.announcer.start_round(Instant::now());
-                }
+            // The first peer in the table starts the first round.
+            kad::Event::RoutingUpdated { .. } if self.announcer.never_started() => {
+                self.announcer.start_round(Instant::now());
             }
             kad::Event::OutboundQueryProgressed {
                 id,
@@ -854,11 +851,11 @@ impl EventLoop {
                         match result {
                             Ok(receipt) => {
                                 tracing::info!(%peer, piece = %transfer.piece, "stored piece");
-                                Done::Store(channel, StoreResponse::StoredV1(receipt), Some(transfer.piece))
+                                Done::Store(channel, Box::new(StoreResponse::StoredV1(receipt)), Some(transfer.piece))
                             }
                             Err(e) => {
                                 tracing::info!(%peer, piece = %transfer.piece, error = ?e, "transfer refused");
-                                Done::Store(channel, StoreResponse::FailedV1(e), None)
+                                Done::Store(channel, Box::new(StoreResponse::FailedV1(e)), None)
                             }
                         }
                     });

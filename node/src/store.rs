@@ -465,6 +465,39 @@ impl Store {
         txn.commit().map_err(db_err)
     }
 
+    /// Writes index entries without files, in one transaction: for
+    /// benchmarks that need a large index. Not for real pieces.
+    #[doc(hidden)]
+    pub fn insert_index_only(&self, entries: &[(Cid, Entry)]) -> Result<(), Error> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        let added: u64 = entries.iter().map(|(_, e)| e.size).sum();
+        {
+            let mut pieces = txn.open_table(PIECES).map_err(db_err)?;
+            let mut expiry = txn.open_table(EXPIRY).map_err(db_err)?;
+            for (piece, entry) in entries {
+                let key = piece.to_bytes();
+                let value = serde_ipld_dagcbor::to_vec(entry).map_err(db_err)?;
+                pieces
+                    .insert(key.as_slice(), value.as_slice())
+                    .map_err(db_err)?;
+                expiry
+                    .insert((entry.expires_at, key.as_slice()), ())
+                    .map_err(db_err)?;
+            }
+            let mut meta = txn.open_table(META).map_err(db_err)?;
+            let used = meta.get(USED).map_err(db_err)?.map_or(0, |v| v.value());
+            let count = meta.get(COUNT).map_err(db_err)?.map_or(0, |v| v.value());
+            meta.insert(USED, used + added).map_err(db_err)?;
+            meta.insert(COUNT, count + entries.len() as u64)
+                .map_err(db_err)?;
+        }
+        txn.commit().map_err(db_err)?;
+        let mut s = self.lock();
+        s.used += added;
+        s.count += entries.len() as u64;
+        Ok(())
+    }
+
     /// Deletes pieces: into `trash/`, one index commit, unlink. Returns the
     /// bytes freed. Pieces not held are skipped.
     pub fn remove(&self, pieces: &[Cid]) -> Result<u64, Error> {

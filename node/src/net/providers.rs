@@ -302,7 +302,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("providers.redb");
         let local = PeerId::random();
-        let key = RecordKey::new(&b"piece"[..]);
+        let key = RecordKey::new(b"piece");
         let limits = Limits {
             max_per_key: 3,
             ..Limits::default()
