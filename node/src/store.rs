@@ -1,6 +1,6 @@
 //! The piece store: piece bytes in files, an index in redb.
 //!
-//! Layout of a data directory's store (see docs/PROTOCOL.md §9):
+//! Layout of a data directory's store (see docs/PROTOCOL.md §10):
 //! - `pieces/<xy>/<cid>`: one file per piece, `xy` the CID's last two characters;
 //! - `tmp/<cid>`: a piece being written; `trash/<cid>`: a piece being deleted;
 //! - `index.redb`: tables `pieces-0` (CID → [`Entry`]), `expiry-0`
@@ -37,6 +37,8 @@ const EXPIRY: TableDefinition<(u64, &[u8]), ()> = TableDefinition::new("expiry-0
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta-0");
 const USED: &str = "used";
 const COUNT: &str = "count";
+/// redb page cache of the index.
+const CACHE: usize = 32 << 20;
 
 /// What the index records of a piece (DAG-CBOR in `pieces-0`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -178,10 +180,14 @@ impl Store {
             fs::create_dir_all(&d).map_err(io_err("create", &d))?;
         }
         let path = dir.join("index.redb");
-        let db = Database::builder().create(&path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => Error::Locked,
-            e => db_err(e),
-        })?;
+        // redb's default page cache is 1 GiB per database; the index needs little.
+        let db = Database::builder()
+            .set_cache_size(CACHE)
+            .create(&path)
+            .map_err(|e| match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => Error::Locked,
+                e => db_err(e),
+            })?;
         let txn = db.begin_write().map_err(db_err)?;
         {
             txn.open_table(PIECES).map_err(db_err)?;

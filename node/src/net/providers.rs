@@ -77,7 +77,8 @@ impl ProviderStore {
         pieces: Option<Arc<Store>>,
         limits: Limits,
     ) -> Result<Self, redb::Error> {
-        let db = Database::create(path)?;
+        // redb's default page cache is 1 GiB per database.
+        let db = Database::builder().set_cache_size(32 << 20).create(path)?;
         let txn = db.begin_write()?;
         txn.open_table(PROVIDERS)?;
         txn.commit()?;
