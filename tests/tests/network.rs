@@ -20,6 +20,12 @@ use common::*;
 const LIMIT: Duration = Duration::from_secs(60);
 
 fn start_node(dir: &Path, i: usize, bootstrap: &str, capacity: &str) -> Result<Proc> {
+    // Node 4 speaks QUIC only: the others reach it over QUIC.
+    let listen = if i == 4 {
+        "/ip4/127.0.0.1/udp/0/quic-v1"
+    } else {
+        "/ip4/127.0.0.1/tcp/0"
+    };
     let data = dir.join(format!("node{i}"));
     let data = data.to_str().context("utf-8 path")?;
     Proc::spawn(
@@ -29,7 +35,7 @@ fn start_node(dir: &Path, i: usize, bootstrap: &str, capacity: &str) -> Result<P
             "--data-dir",
             data,
             "--listen",
-            "/ip4/127.0.0.1/tcp/0",
+            listen,
             "--bootstrap",
             bootstrap,
             "--capacity",
@@ -129,6 +135,22 @@ async fn six_nodes_store_announce_serve_and_refuse() -> Result<()> {
         AuditResponse::ProofV1(p) => proof::verify(&piece, &nonce, &p)?,
         other => anyhow::bail!("audit failed: {other:?}"),
     }
+
+    // The QUIC-only node stores and serves as well.
+    let quic = random_piece(6, 50_000);
+    put(&alice, ids[4], &quic).await?;
+    let fetch = FetchRequest::PieceV1 {
+        piece: block::piece_cid(&quic),
+    };
+    ensure!(matches!(
+        bob.handle.fetch(ids[4], fetch).await?,
+        FetchResponse::PieceV1 { .. }
+    ));
+    ensure!(
+        nodes[4].addrs[0].contains("/quic-v1/"),
+        "{:?}",
+        nodes[4].addrs
+    );
 
     // Larger than the free capacity: refused with the reason, nothing written.
     let big = random_piece(2, 2 << 20);
