@@ -463,10 +463,7 @@ impl Store {
                 .insert((entry.expires_at, key.as_slice()), ())
                 .map_err(db_err)?;
             let mut meta = txn.open_table(META).map_err(db_err)?;
-            let used = meta.get(USED).map_err(db_err)?.map_or(0, |v| v.value());
-            let count = meta.get(COUNT).map_err(db_err)?.map_or(0, |v| v.value());
-            meta.insert(USED, used + entry.size).map_err(db_err)?;
-            meta.insert(COUNT, count + 1).map_err(db_err)?;
+            adjust_totals(&mut meta, entry.size as i64, 1)?;
         }
         txn.commit().map_err(db_err)
     }
@@ -491,11 +488,7 @@ impl Store {
                     .map_err(db_err)?;
             }
             let mut meta = txn.open_table(META).map_err(db_err)?;
-            let used = meta.get(USED).map_err(db_err)?.map_or(0, |v| v.value());
-            let count = meta.get(COUNT).map_err(db_err)?.map_or(0, |v| v.value());
-            meta.insert(USED, used + added).map_err(db_err)?;
-            meta.insert(COUNT, count + entries.len() as u64)
-                .map_err(db_err)?;
+            adjust_totals(&mut meta, added as i64, entries.len() as i64)?;
         }
         txn.commit().map_err(db_err)?;
         let mut s = self.lock();
@@ -534,12 +527,7 @@ impl Store {
                 freed += entry.size;
                 n += 1;
             }
-            let used = meta.get(USED).map_err(db_err)?.map_or(0, |v| v.value());
-            let count = meta.get(COUNT).map_err(db_err)?.map_or(0, |v| v.value());
-            meta.insert(USED, used.saturating_sub(freed))
-                .map_err(db_err)?;
-            meta.insert(COUNT, count.saturating_sub(n))
-                .map_err(db_err)?;
+            adjust_totals(&mut meta, -(freed as i64), -(n as i64))?;
         }
         if n == 0 {
             return Ok(0);
@@ -742,6 +730,16 @@ impl Store {
         report.used = self.used();
         Ok(report)
     }
+}
+
+/// Adds to `meta-0`'s byte and piece totals (pieces ≤ 4 MiB: no overflow of i64).
+fn adjust_totals(meta: &mut redb::Table<&str, u64>, bytes: i64, pieces: i64) -> Result<(), Error> {
+    for (key, delta) in [(USED, bytes), (COUNT, pieces)] {
+        let old = meta.get(key).map_err(db_err)?.map_or(0, |v| v.value());
+        meta.insert(key, old.saturating_add_signed(delta))
+            .map_err(db_err)?;
+    }
+    Ok(())
 }
 
 fn decode_entry(piece: &Cid, bytes: &[u8]) -> Result<Entry, Error> {
