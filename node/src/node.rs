@@ -105,26 +105,54 @@ pub enum RequestError {
     Lookup(String),
 }
 
-/// A request to a peer, on one of Cairn's protocols.
-#[derive(Debug)]
-pub enum Request {
-    Store(StoreRequest),
-    Fetch(FetchRequest),
-    Audit(AuditRequest),
+type Answer<T> = oneshot::Sender<Result<T, RequestError>>;
+
+/// A request to a peer on one of Cairn's protocols, with where its answer goes.
+enum Outbound {
+    Store(StoreRequest, Answer<StoreResponse>),
+    Fetch(FetchRequest, Answer<FetchResponse>),
+    Audit(AuditRequest, Answer<AuditResponse>),
 }
 
-#[derive(Debug)]
-pub enum Response {
-    Store(StoreResponse),
-    Fetch(FetchResponse),
-    Audit(AuditResponse),
+impl Outbound {
+    fn fail(self, error: RequestError) {
+        // The caller may have given up; nothing else to do then.
+        let _ = match self {
+            Outbound::Store(_, a) => a.send(Err(error)).is_ok(),
+            Outbound::Fetch(_, a) => a.send(Err(error)).is_ok(),
+            Outbound::Audit(_, a) => a.send(Err(error)).is_ok(),
+        };
+    }
+}
+
+/// Answers awaited, one map per protocol: each behaviour numbers its
+/// requests from 1, so ids of different protocols collide.
+#[derive(Default)]
+struct Awaiting {
+    store: HashMap<OutboundRequestId, Answer<StoreResponse>>,
+    fetch: HashMap<OutboundRequestId, Answer<FetchResponse>>,
+    audit: HashMap<OutboundRequestId, Answer<AuditResponse>>,
+}
+
+/// Delivers the answer to request `id` of `peer`, if someone still waits for it.
+fn settle<T>(
+    awaiting: &mut HashMap<OutboundRequestId, Answer<T>>,
+    id: OutboundRequestId,
+    peer: PeerId,
+    result: Result<T, request_response::OutboundFailure>,
+) {
+    if let Some(answer) = awaiting.remove(&id) {
+        let _ = answer.send(result.map_err(|e| RequestError::Failed {
+            peer,
+            reason: e.to_string(),
+        }));
+    }
 }
 
 enum Command {
     Request {
         peer: PeerId,
-        request: Request,
-        reply: oneshot::Sender<Result<Response, RequestError>>,
+        outbound: Outbound,
     },
     Providers {
         key: Cid,
@@ -180,24 +208,16 @@ impl Handle {
         rx.await.map_err(|_| RequestError::Stopped)
     }
 
-    pub async fn request(&self, peer: PeerId, request: Request) -> Result<Response, RequestError> {
-        self.call(|reply| Command::Request {
-            peer,
-            request,
-            reply,
-        })
-        .await?
-    }
-
     pub async fn store(
         &self,
         peer: PeerId,
         request: StoreRequest,
     ) -> Result<StoreResponse, RequestError> {
-        match self.request(peer, Request::Store(request)).await? {
-            Response::Store(r) => Ok(r),
-            _ => unreachable!("a store request gets a store response"),
-        }
+        self.call(|a| Command::Request {
+            peer,
+            outbound: Outbound::Store(request, a),
+        })
+        .await?
     }
 
     pub async fn fetch(
@@ -205,10 +225,11 @@ impl Handle {
         peer: PeerId,
         request: FetchRequest,
     ) -> Result<FetchResponse, RequestError> {
-        match self.request(peer, Request::Fetch(request)).await? {
-            Response::Fetch(r) => Ok(r),
-            _ => unreachable!("a fetch request gets a fetch response"),
-        }
+        self.call(|a| Command::Request {
+            peer,
+            outbound: Outbound::Fetch(request, a),
+        })
+        .await?
     }
 
     pub async fn audit(
@@ -216,10 +237,11 @@ impl Handle {
         peer: PeerId,
         request: AuditRequest,
     ) -> Result<AuditResponse, RequestError> {
-        match self.request(peer, Request::Audit(request)).await? {
-            Response::Audit(r) => Ok(r),
-            _ => unreachable!("an audit request gets an audit response"),
-        }
+        self.call(|a| Command::Request {
+            peer,
+            outbound: Outbound::Audit(request, a),
+        })
+        .await?
     }
 
     /// The peers the DHT names as providers of `key` (this node included if it holds it).
@@ -303,7 +325,7 @@ impl Node {
             done_rx,
             jobs: JoinSet::new(),
             permits: Arc::new(Semaphore::new(JOBS)),
-            pending: HashMap::new(),
+            awaiting: Awaiting::default(),
             lookups: HashMap::new(),
             unaddressed: HashMap::new(),
             announcer: Announcer::new(config.announce_concurrency),
@@ -560,15 +582,14 @@ struct EventLoop {
     done_rx: mpsc::Receiver<Done>,
     jobs: JoinSet<()>,
     permits: Arc<Semaphore>,
-    pending: HashMap<OutboundRequestId, Reply>,
+    awaiting: Awaiting,
     lookups: HashMap<QueryId, (HashSet<PeerId>, ProvidersReply)>,
     /// Requests to peers whose address is being looked up in the DHT.
-    unaddressed: HashMap<QueryId, Vec<(PeerId, Request, Reply)>>,
+    unaddressed: HashMap<QueryId, Vec<(PeerId, Outbound)>>,
     announcer: Announcer,
     config: Config,
 }
 
-type Reply = oneshot::Sender<Result<Response, RequestError>>;
 type ProvidersReply = oneshot::Sender<Result<HashSet<PeerId>, RequestError>>;
 
 /// Requests parked while their peer's address is looked up.
@@ -679,28 +700,22 @@ impl EventLoop {
         let connected_peers = self.swarm.connected_peers().count();
         let b = self.swarm.behaviour_mut();
         match cmd {
-            Command::Request {
-                peer,
-                request,
-                reply,
-            } => {
+            Command::Request { peer, outbound } => {
                 let known = b
                     .kad
                     .kbucket(peer)
                     .is_some_and(|bucket| bucket.iter().any(|e| *e.node.key.preimage() == peer));
                 if known || self.swarm.is_connected(&peer) {
-                    self.send(peer, request, reply);
+                    self.send(peer, outbound);
                 } else if self.unaddressed.values().map(Vec::len).sum::<usize>() >= UNADDRESSED {
-                    let _ = reply.send(Err(RequestError::Lookup(
-                        "too many lookups in flight".into(),
-                    )));
+                    outbound.fail(RequestError::Lookup("too many lookups in flight".into()));
                 } else {
                     // Find the peer's address first: a FIND_NODE walk towards it.
                     let id = self.swarm.behaviour_mut().kad.get_closest_peers(peer);
                     self.unaddressed
                         .entry(id)
                         .or_default()
-                        .push((peer, request, reply));
+                        .push((peer, outbound));
                 }
             }
             Command::Providers { key, reply } => {
@@ -785,8 +800,8 @@ impl EventLoop {
                     }
                     // Sent either way: without an address the request fails
                     // with a dial error, which the caller sees.
-                    for (peer, request, reply) in parked {
-                        self.send(peer, request, reply);
+                    for (peer, outbound) in parked {
+                        self.send(peer, outbound);
                     }
                 }
                 QueryResult::GetProviders(r) => {
@@ -862,19 +877,20 @@ impl EventLoop {
                 }
             },
             Event::Message {
+                peer,
                 message:
                     Message::Response {
                         request_id,
                         response,
                     },
                 ..
-            } => self.reply(request_id, Ok(Response::Store(response))),
+            } => settle(&mut self.awaiting.store, request_id, peer, Ok(response)),
             Event::OutboundFailure {
                 peer,
                 request_id,
                 error,
                 ..
-            } => self.fail(peer, request_id, error),
+            } => settle(&mut self.awaiting.store, request_id, peer, Err(error)),
             _ => {}
         }
     }
@@ -893,19 +909,20 @@ impl EventLoop {
                 self.spawn_job(move |store| Done::Fetch(channel, serve_fetch(store, peer, request)))
             }
             Event::Message {
+                peer,
                 message:
                     Message::Response {
                         request_id,
                         response,
                     },
                 ..
-            } => self.reply(request_id, Ok(Response::Fetch(response))),
+            } => settle(&mut self.awaiting.fetch, request_id, peer, Ok(response)),
             Event::OutboundFailure {
                 peer,
                 request_id,
                 error,
                 ..
-            } => self.fail(peer, request_id, error),
+            } => settle(&mut self.awaiting.fetch, request_id, peer, Err(error)),
             _ => {}
         }
     }
@@ -934,52 +951,37 @@ impl EventLoop {
                 Done::Audit(channel, resp)
             }),
             Event::Message {
+                peer,
                 message:
                     Message::Response {
                         request_id,
                         response,
                     },
                 ..
-            } => self.reply(request_id, Ok(Response::Audit(response))),
+            } => settle(&mut self.awaiting.audit, request_id, peer, Ok(response)),
             Event::OutboundFailure {
                 peer,
                 request_id,
                 error,
                 ..
-            } => self.fail(peer, request_id, error),
+            } => settle(&mut self.awaiting.audit, request_id, peer, Err(error)),
             _ => {}
         }
     }
 
-    fn send(&mut self, peer: PeerId, request: Request, reply: Reply) {
-        let b = self.swarm.behaviour_mut();
-        let id = match request {
-            Request::Store(r) => b.store.send_request(&peer, r),
-            Request::Fetch(r) => b.fetch.send_request(&peer, r),
-            Request::Audit(r) => b.audit.send_request(&peer, r),
-        };
-        self.pending.insert(id, reply);
-    }
-
-    fn reply(&mut self, id: OutboundRequestId, result: Result<Response, RequestError>) {
-        if let Some(reply) = self.pending.remove(&id) {
-            let _ = reply.send(result);
+    fn send(&mut self, peer: PeerId, outbound: Outbound) {
+        let (b, w) = (self.swarm.behaviour_mut(), &mut self.awaiting);
+        match outbound {
+            Outbound::Store(r, a) => {
+                w.store.insert(b.store.send_request(&peer, r), a);
+            }
+            Outbound::Fetch(r, a) => {
+                w.fetch.insert(b.fetch.send_request(&peer, r), a);
+            }
+            Outbound::Audit(r, a) => {
+                w.audit.insert(b.audit.send_request(&peer, r), a);
+            }
         }
-    }
-
-    fn fail(
-        &mut self,
-        peer: PeerId,
-        id: OutboundRequestId,
-        error: request_response::OutboundFailure,
-    ) {
-        self.reply(
-            id,
-            Err(RequestError::Failed {
-                peer,
-                reason: error.to_string(),
-            }),
-        );
     }
 }
 

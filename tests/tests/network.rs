@@ -136,6 +136,23 @@ async fn six_nodes_store_announce_serve_and_refuse() -> Result<()> {
         other => anyhow::bail!("audit failed: {other:?}"),
     }
 
+    // Requests on different protocols in flight at once each get their own
+    // answer (each protocol numbers its requests from 1: carol's first fetch
+    // and first audit share an id).
+    let carol = client(&dir.path().join("carol"), &[b]).await?;
+    let (fetched, audited) = tokio::join!(
+        carol.handle.fetch(ids[0], FetchRequest::PieceV1 { piece }),
+        carol
+            .handle
+            .audit(ids[0], AuditRequest::ChallengeV1 { piece, nonce }),
+    );
+    ensure!(matches!(fetched?, FetchResponse::PieceV1 { .. }));
+    match audited? {
+        AuditResponse::ProofV1(p) => proof::verify(&piece, &nonce, &p)?,
+        other => anyhow::bail!("audit failed: {other:?}"),
+    }
+    carol.stop().await;
+
     // The QUIC-only node stores and serves as well.
     let quic = random_piece(6, 50_000);
     put(&alice, ids[4], &quic).await?;
