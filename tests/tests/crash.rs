@@ -80,7 +80,7 @@ async fn kill9_during_uploads_loses_no_receipted_piece() -> Result<()> {
     drop(uploads);
 
     // Restart: every receipted piece is served intact.
-    let node = start(dir.path())?;
+    let mut node = start(dir.path())?;
     ensure!(node.peer_id == id.to_string());
     client.handle.dial(addr(&node.addrs[0])?).await?;
     let (mut served, mut served_bytes) = (0, 0u64);
@@ -108,7 +108,6 @@ async fn kill9_during_uploads_loses_no_receipted_piece() -> Result<()> {
         "{} receipts before the kill settled, {served} pieces held after restart",
         receipted.len()
     );
-    let mut node = node;
     node.stop()?;
     client.stop().await;
 

@@ -47,17 +47,14 @@ fn start_node(dir: &Path, i: usize, bootstrap: &str, capacity: &str) -> Result<P
     )
 }
 
+/// Files under `dir`, at any depth.
 fn files_in(dir: &Path) -> usize {
-    walk(dir)
-}
-
-fn walk(dir: &Path) -> usize {
     std::fs::read_dir(dir).map_or(0, |entries| {
         entries
             .flatten()
             .map(|e| {
                 if e.path().is_dir() {
-                    walk(&e.path())
+                    files_in(&e.path())
                 } else {
                     1
                 }
