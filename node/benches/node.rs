@@ -43,6 +43,7 @@ fn fill(store: &Store, n: u64) -> Result<()> {
                     stored_by: vec![0; 38],
                     receipt: receipt.clone(),
                     last_audit: None,
+                    root: None,
                 };
                 (block::piece_cid(&j.to_le_bytes()), entry)
             })

@@ -5,7 +5,9 @@
 
 pub mod add;
 pub mod cli;
+pub mod client;
 pub mod config;
+pub mod devnet;
 pub mod identity;
 pub mod net;
 pub mod node;

@@ -2,20 +2,24 @@
 #![allow(clippy::print_stdout)]
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Write as _};
+use std::io::{BufReader, BufWriter, IsTerminal as _, Write as _};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 use bytesize::ByteSize;
 use cairn_node::add::{self, Options};
-use cairn_node::cli;
 use cairn_node::config::{self, LogFormat};
 use cairn_node::node::{self, Node};
 use cairn_node::store::{self, Store};
+use cairn_node::{cli, client};
 use cairn_protocol::car::{CarReader, CarWriter};
+use cairn_protocol::erasure::Scheme;
 use cairn_protocol::unixfs::NullSink;
+use cid::Cid;
 use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
 use libp2p::Multiaddr;
 
 /// Cairn: a peer-to-peer storage network with IPFS-identical content addresses.
@@ -28,23 +32,38 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Compute the content's CID, exactly as `ipfs add --cid-version 1` would.
+    /// Store content in the network and print its CID, the one
+    /// `ipfs add --cid-version 1` gives it.
     ///
-    /// Storing content in the network arrives with `cairn node`; today `add`
-    /// needs --only-hash.
-    Add {
-        /// The file (or, with -r, directory) to add.
-        path: PathBuf,
-        /// Print the root CID without storing anything (as `ipfs add -n`).
-        #[arg(short = 'n', long)]
-        only_hash: bool,
-        /// Add a directory and everything under it.
+    /// The content is erasure-coded into pieces placed on distinct storage
+    /// nodes; its manifest is kept by several nodes, which announce the CID.
+    /// Content the network already has is not uploaded again.
+    Add(AddArgs),
+    /// Get content by CID into a file or directory.
+    Get {
+        /// The content's CID.
+        cid: Cid,
+        /// Where to write it [default: ./<CID>]; must not exist.
         #[arg(short, long)]
-        recursive: bool,
-        /// Include files and directories whose names start with `.`.
-        #[arg(short = 'H', long)]
-        hidden: bool,
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        get: GetArgs,
     },
+    /// Write a file's content, or a byte range of it, to stdout.
+    Cat {
+        cid: Cid,
+        /// First byte to write.
+        #[arg(long, default_value_t = 0)]
+        offset: u64,
+        /// Bytes to write [default: to the end].
+        #[arg(long)]
+        length: Option<u64>,
+        #[command(flatten)]
+        get: GetArgs,
+    },
+    /// Run a whole network on this machine: a bootstrap node and N storage
+    /// nodes on 127.0.0.1, until Ctrl-C.
+    Devnet(cairn_node::devnet::Args),
     /// Content archives (CAR v1), the IPFS exchange format.
     #[command(subcommand)]
     Car(CarCommand),
@@ -57,6 +76,58 @@ enum Command {
     /// Inspect a node's piece store (while the node is stopped).
     #[command(subcommand)]
     Store(StoreCommand),
+}
+
+#[derive(clap::Args)]
+struct AddArgs {
+    /// The file (or, with -r, directory) to add.
+    #[arg(required_unless_present = "car", conflicts_with = "car")]
+    path: Option<PathBuf>,
+    /// Add the blocks of a CAR v1 file (its first root is the content).
+    #[arg(long)]
+    car: Option<PathBuf>,
+    /// Print the root CID without storing anything (as `ipfs add -n`).
+    #[arg(short = 'n', long)]
+    only_hash: bool,
+    /// Add a directory and everything under it.
+    #[arg(short, long)]
+    recursive: bool,
+    /// Include files and directories whose names start with `.`.
+    #[arg(short = 'H', long)]
+    hidden: bool,
+    /// Erasure coding: k data and m parity pieces per segment; any k bring
+    /// a segment back.
+    #[arg(long, default_value_t = Scheme::default())]
+    scheme: Scheme,
+    /// Days the storage nodes keep the pieces.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=365))]
+    days: u64,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Print only the CID.
+    #[arg(short, long)]
+    quiet: bool,
+    #[command(flatten)]
+    net: NetArgs,
+}
+
+#[derive(clap::Args)]
+struct GetArgs {
+    /// Seconds before a slow holder is backed up by fetching another piece.
+    #[arg(long, default_value_t = client::DEFAULT_HEDGE_AFTER.as_secs_f64())]
+    hedge_after: f64,
+    #[command(flatten)]
+    net: NetArgs,
+}
+
+/// How a command reaches the network.
+#[derive(clap::Args)]
+struct NetArgs {
+    /// Peer to join through, as /ip4/…/tcp/…/p2p/<peer id> (`cairn devnet`
+    /// prints one); repeat or separate with commas.
+    #[arg(long, env = "CAIRN_BOOTSTRAP", value_delimiter = ',')]
+    bootstrap: Vec<Multiaddr>,
 }
 
 #[derive(clap::Args)]
@@ -90,6 +161,9 @@ struct NodeArgs {
     /// Log format on stderr [default: text].
     #[arg(long, env = "CAIRN_LOG_FORMAT", value_enum)]
     log_format: Option<LogFormat>,
+    /// Misbehave, to test that clients cope.
+    #[arg(long, hide = true)]
+    fault: Option<node::Fault>,
 }
 
 #[derive(Subcommand)]
@@ -132,15 +206,38 @@ fn main() -> ExitCode {
 
 fn run() -> Result<()> {
     let cli = Cli::parse();
-    if let Command::Node(args) = cli.command {
-        return run_node(args);
+    match cli.command {
+        Command::Node(args) => return run_node(args),
+        Command::Devnet(args) => {
+            cli::init_logs(LogFormat::Text);
+            return cairn_node::devnet::run(args);
+        }
+        _ => {}
     }
+    // Commands print results on stdout; logs (warnings by default) go to stderr.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
     match cli.command {
-        Command::Node(_) => unreachable!("handled above"),
+        Command::Node(_) | Command::Devnet(_) => unreachable!("handled above"),
+        Command::Add(args) => add(args)?,
+        Command::Get { cid, output, get } => {
+            let output = output.unwrap_or_else(|| PathBuf::from(cid.to_string()));
+            with_content(cid, get, move |content| content.save(&output))?;
+        }
+        Command::Cat {
+            cid,
+            offset,
+            length,
+            get,
+        } => with_content(cid, get, move |content| {
+            let mut out = BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
+            content.read(offset, length, &mut out)?;
+            out.flush().context("cannot write to stdout")
+        })?,
         Command::Store(StoreCommand::Check { data_dir }) => {
             let dir = data_dir
                 .unwrap_or_else(config::default_data_dir)
@@ -166,20 +263,6 @@ fn run() -> Result<()> {
                     report.bytes_on_disk
                 );
             }
-        }
-        Command::Add {
-            path,
-            only_hash,
-            recursive,
-            hidden,
-        } => {
-            if !only_hash {
-                bail!(
-                    "storing in the network needs a Cairn node, which is not built yet; use --only-hash to compute the CID"
-                );
-            }
-            let entry = add::import_path(&path, Options { recursive, hidden }, &mut NullSink)?;
-            println!("{}", entry.cid);
         }
         Command::Car(CarCommand::Create {
             path,
@@ -258,6 +341,7 @@ fn node_config(args: NodeArgs) -> Result<(node::Config, LogFormat)> {
     if let Some(n) = args.max_connections.or(file.max_connections) {
         c.max_connections = n;
     }
+    c.fault = args.fault;
     let log = args
         .log_format
         .or(file.log_format)
@@ -288,4 +372,127 @@ fn run_node(args: NodeArgs) -> Result<()> {
         node.stop().await;
         Ok(())
     })
+}
+
+fn add(args: AddArgs) -> Result<()> {
+    let options = Options {
+        recursive: args.recursive,
+        hidden: args.hidden,
+    };
+    let input = match (args.path, args.car) {
+        (Some(path), None) => client::Input::Path { path, options },
+        (None, Some(car)) => client::Input::Car(car),
+        _ => bail!("give a PATH or --car FILE"),
+    };
+    if args.only_hash {
+        let client::Input::Path { path, options } = input else {
+            bail!("--only-hash takes a PATH");
+        };
+        println!("{}", add::import_path(&path, options, &mut NullSink)?.cid);
+        return Ok(());
+    }
+    let add_options = client::AddOptions {
+        scheme: args.scheme,
+        term: Duration::from_secs(args.days * 86_400),
+        ..Default::default()
+    };
+    let bar = progress_bar(!args.quiet && !args.json);
+    let added = runtime()?.block_on(async {
+        let (node, _dir) = client::ephemeral(args.net.bootstrap).await?;
+        let added = client::add(&node.handle, input, &add_options, |p| match p {
+            client::Progress::Hashed { total } => bar.set_length(total),
+            client::Progress::Placed { done } => bar.set_position(done),
+        })
+        .await;
+        node.stop().await;
+        added
+    });
+    bar.finish_and_clear();
+    let added = added?;
+    if args.json {
+        let json = serde_json::json!({
+            "cid": added.root.to_string(),
+            "manifest": added.manifest.to_string(),
+            "bytes": added.bytes,
+            "segments": added.segments,
+            "pieces": added.pieces,
+            "scheme": add_options.scheme.to_string(),
+            "replaced_nodes": added.replaced,
+            "manifest_copies": added.manifest_holders,
+            "already_stored": added.already_stored,
+        });
+        println!("{json}");
+    } else {
+        if !args.quiet {
+            if added.already_stored {
+                eprintln!("the network already has this content; nothing uploaded");
+            } else {
+                eprintln!(
+                    "added {} in {} segments: {} pieces ({}) on distinct nodes, manifest on {} nodes",
+                    ByteSize(added.bytes),
+                    added.segments,
+                    added.pieces,
+                    add_options.scheme,
+                    added.manifest_holders
+                );
+            }
+        }
+        println!("{}", added.root);
+    }
+    Ok(())
+}
+
+/// Finds `cid` in the network and runs `read` on it on a blocking thread.
+fn with_content(
+    cid: Cid,
+    args: GetArgs,
+    read: impl FnOnce(&client::Content) -> Result<()> + Send + 'static,
+) -> Result<()> {
+    let hedge_after = Duration::try_from_secs_f64(args.hedge_after)
+        .context("--hedge-after must be a positive number of seconds")?;
+    let options = client::GetOptions {
+        hedge_after,
+        ..Default::default()
+    };
+    runtime()?.block_on(async {
+        let (node, _dir) = client::ephemeral(args.net.bootstrap).await?;
+        let result = async {
+            let content = client::Content::open(&node.handle, cid, options).await?;
+            tokio::task::spawn_blocking(move || {
+                let result = read(&content);
+                let stats = content.stats();
+                tracing::info!(
+                    segments = stats.segments.len(),
+                    decoded = stats.decoded,
+                    dropped = stats.dropped.len(),
+                    "fetched"
+                );
+                result
+            })
+            .await
+            .context("read task failed")?
+        }
+        .await;
+        node.stop().await;
+        result
+    })
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Runtime::new().context("cannot start the async runtime")
+}
+
+/// A bar on stderr when it is a terminal and `show`; hidden otherwise.
+fn progress_bar(show: bool) -> ProgressBar {
+    if !show || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{bar:40} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar
 }

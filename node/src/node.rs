@@ -52,6 +52,17 @@ pub struct Config {
     pub announce_concurrency: usize,
     /// How often expired pieces are deleted. Default 10 min.
     pub expiry_interval: Duration,
+    /// Misbehaviour for fault tests; `None` in real use.
+    pub fault: Option<Fault>,
+}
+
+/// How a faulty node answers fetches, to test that clients cope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Fault {
+    /// Flips a byte of every piece it serves.
+    Garbage,
+    /// Never answers a fetch (holds the stream open).
+    Stall,
 }
 
 impl Config {
@@ -69,6 +80,7 @@ impl Config {
             announce_interval: Duration::from_secs(12 * 3600),
             announce_concurrency: 32,
             expiry_interval: Duration::from_secs(600),
+            fault: None,
         }
     }
 }
@@ -101,6 +113,9 @@ pub enum RequestError {
     Stopped,
     #[error("request to {peer} failed: {reason}")]
     Failed { peer: PeerId, reason: String },
+    /// The peer does not serve the protocol (a bootstrap node, a client).
+    #[error("{peer} does not serve this protocol")]
+    Unsupported { peer: PeerId },
     #[error("lookup failed: {0}")]
     Lookup(String),
 }
@@ -142,9 +157,14 @@ fn settle<T>(
     result: Result<T, request_response::OutboundFailure>,
 ) {
     if let Some(answer) = awaiting.remove(&id) {
-        let _ = answer.send(result.map_err(|e| RequestError::Failed {
-            peer,
-            reason: e.to_string(),
+        let _ = answer.send(result.map_err(|e| match e {
+            request_response::OutboundFailure::UnsupportedProtocols => {
+                RequestError::Unsupported { peer }
+            }
+            e => RequestError::Failed {
+                peer,
+                reason: e.to_string(),
+            },
         }));
     }
 }
@@ -161,6 +181,10 @@ enum Command {
     Dial {
         addr: Multiaddr,
         reply: oneshot::Sender<Result<(), RequestError>>,
+    },
+    Closest {
+        key: Cid,
+        reply: oneshot::Sender<Result<Vec<PeerId>, RequestError>>,
     },
     Status {
         reply: oneshot::Sender<Status>,
@@ -249,6 +273,12 @@ impl Handle {
         self.call(|reply| Command::Providers { key, reply }).await?
     }
 
+    /// The DHT server peers closest to `key`, closest first; their
+    /// addresses are remembered for requests.
+    pub async fn closest_peers(&self, key: Cid) -> Result<Vec<PeerId>, RequestError> {
+        self.call(|reply| Command::Closest { key, reply }).await?
+    }
+
     /// Connects to `addr` (ending in `/p2p/<peer id>`).
     pub async fn dial(&self, addr: Multiaddr) -> Result<(), RequestError> {
         self.call(|reply| Command::Dial { addr, reply }).await?
@@ -327,6 +357,8 @@ impl Node {
             permits: Arc::new(Semaphore::new(JOBS)),
             awaiting: Awaiting::default(),
             lookups: HashMap::new(),
+            closest: HashMap::new(),
+            stalled: VecDeque::new(),
             unaddressed: HashMap::new(),
             announcer: Announcer::new(config.announce_concurrency),
             config,
@@ -488,9 +520,11 @@ impl Announcer {
         }
     }
 
-    fn stored(&mut self, piece: Cid) {
-        if self.fresh.len() < FRESH {
-            self.fresh.push_back(piece);
+    fn stored(&mut self, keys: Vec<Cid>) {
+        for key in keys {
+            if self.fresh.len() < FRESH {
+                self.fresh.push_back(key);
+            }
         }
     }
 
@@ -523,7 +557,7 @@ impl Announcer {
                 Ok(batch) if batch.is_empty() => round.walked = true,
                 Ok(batch) => {
                     round.cursor = batch.last().copied();
-                    out.extend(batch);
+                    out.extend(batch.iter().flat_map(|p| store.announce_keys(p)));
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot read the piece index to announce"),
             }
@@ -563,11 +597,8 @@ impl Announcer {
 }
 
 enum Done {
-    Store(
-        ResponseChannel<StoreResponse>,
-        Box<StoreResponse>,
-        Option<Cid>,
-    ),
+    /// The answer, and the keys to announce for what was stored.
+    Store(ResponseChannel<StoreResponse>, Box<StoreResponse>, Vec<Cid>),
     Fetch(ResponseChannel<FetchResponse>, FetchResponse),
     Audit(ResponseChannel<AuditResponse>, AuditResponse),
     Expired(usize),
@@ -584,6 +615,9 @@ struct EventLoop {
     permits: Arc<Semaphore>,
     awaiting: Awaiting,
     lookups: HashMap<QueryId, (HashSet<PeerId>, ProvidersReply)>,
+    closest: HashMap<QueryId, oneshot::Sender<Result<Vec<PeerId>, RequestError>>>,
+    /// Fetches a [`Fault::Stall`] node holds unanswered (bounded).
+    stalled: VecDeque<ResponseChannel<FetchResponse>>,
     /// Requests to peers whose address is being looked up in the DHT.
     unaddressed: HashMap<QueryId, Vec<(PeerId, Outbound)>>,
     announcer: Announcer,
@@ -680,10 +714,8 @@ impl EventLoop {
         let b = self.swarm.behaviour_mut();
         // A peer that went away cannot get its answer; nothing else to do.
         match done {
-            Done::Store(ch, resp, stored) => {
-                if let Some(piece) = stored {
-                    self.announcer.stored(piece);
-                }
+            Done::Store(ch, resp, keys) => {
+                self.announcer.stored(keys);
                 let _ = b.store.send_response(ch, *resp);
             }
             Done::Fetch(ch, resp) => {
@@ -728,6 +760,10 @@ impl EventLoop {
                     .dial(addr)
                     .map_err(|e| RequestError::Lookup(e.to_string()));
                 let _ = reply.send(result);
+            }
+            Command::Closest { key, reply } => {
+                let id = b.kad.get_closest_peers(key.to_bytes());
+                self.closest.insert(id, reply);
             }
             Command::Status { reply } => {
                 let mut s = self.announcer.status.clone();
@@ -786,18 +822,22 @@ impl EventLoop {
                     self.announcer.done(id, stats.num_requests());
                 }
                 QueryResult::GetClosestPeers(r) => {
-                    let Some(parked) = self.unaddressed.remove(&id) else {
-                        return;
-                    };
                     let peers = match r {
                         Ok(ok) => ok.peers,
                         Err(kad::GetClosestPeersError::Timeout { peers, .. }) => peers,
                     };
+                    let ids = peers.iter().map(|p| p.peer_id).collect();
                     for info in peers {
                         for addr in info.addrs {
                             self.swarm.add_peer_address(info.peer_id, addr);
                         }
                     }
+                    if let Some(reply) = self.closest.remove(&id) {
+                        let _ = reply.send(Ok(ids));
+                    }
+                    let Some(parked) = self.unaddressed.remove(&id) else {
+                        return;
+                    };
                     // Sent either way: without an address the request fails
                     // with a dial error, which the caller sees.
                     for (peer, outbound) in parked {
@@ -866,11 +906,11 @@ impl EventLoop {
                         match result {
                             Ok(receipt) => {
                                 tracing::info!(%peer, piece = %transfer.piece, "stored piece");
-                                Done::Store(channel, Box::new(StoreResponse::StoredV1(receipt)), Some(transfer.piece))
+                                Done::Store(channel, Box::new(StoreResponse::StoredV1(receipt)), store.announce_keys(&transfer.piece))
                             }
                             Err(e) => {
                                 tracing::info!(%peer, piece = %transfer.piece, error = ?e, "transfer refused");
-                                Done::Store(channel, Box::new(StoreResponse::FailedV1(e)), None)
+                                Done::Store(channel, Box::new(StoreResponse::FailedV1(e)), Vec::new())
                             }
                         }
                     });
@@ -905,9 +945,24 @@ impl EventLoop {
                         request, channel, ..
                     },
                 ..
-            } => {
-                self.spawn_job(move |store| Done::Fetch(channel, serve_fetch(store, peer, request)))
-            }
+            } => match self.config.fault {
+                Some(Fault::Stall) => {
+                    if self.stalled.len() >= 1024 {
+                        self.stalled.pop_front();
+                    }
+                    self.stalled.push_back(channel);
+                }
+                fault => self.spawn_job(move |store| {
+                    let mut resp = serve_fetch(store, peer, request);
+                    if let (Some(Fault::Garbage), FetchResponse::PieceV1 { data }) =
+                        (fault, &mut resp)
+                        && let Some(b) = data.first_mut()
+                    {
+                        *b ^= 0xff;
+                    }
+                    Done::Fetch(channel, resp)
+                }),
+            },
             Event::Message {
                 peer,
                 message:
@@ -998,8 +1053,13 @@ fn serve_fetch(store: &Store, peer: PeerId, request: FetchRequest) -> FetchRespo
                 })
             })
         }
-        // Manifests are stored and served with add/get (issue #4).
-        FetchRequest::ManifestV1 { .. } => Ok(None),
+        FetchRequest::ManifestV1 { root } => match store.manifest_for(&root) {
+            Ok(Some(manifest)) => store
+                .read(&manifest)
+                .map(|d| d.map(|data| FetchResponse::ManifestV1 { data: data.into() })),
+            Ok(None) => Ok(None),
+            Err(e) => Err(e),
+        },
     };
     match result {
         Ok(Some(resp)) => resp,

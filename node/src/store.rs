@@ -4,7 +4,12 @@
 //! - `pieces/<xy>/<cid>`: one file per piece, `xy` the CID's last two characters;
 //! - `tmp/<cid>`: a piece being written; `trash/<cid>`: a piece being deleted;
 //! - `index.redb`: tables `pieces-0` (CID → [`Entry`]), `expiry-0`
-//!   ((expires_at, CID) → ()) and `meta-0` (`used`, `count`).
+//!   ((expires_at, CID) → ()), `roots-0` ((content root, manifest CID) → ())
+//!   and `meta-0` (`used`, `count`).
+//!
+//! A piece is either an erasure-coded shard (BLAKE3 CID) or a manifest
+//! (DAG-CBOR, sha2-256 CID) that decodes and validates; a manifest's entry
+//! names its content root, and `roots-0` finds manifests by root.
 //!
 //! Invariants, kept across crashes at any point:
 //! - a file in `pieces/` has an index entry, and an entry has its file;
@@ -24,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use cairn_protocol::block;
-use cairn_protocol::manifest::MAX_PIECE_SIZE;
+use cairn_protocol::manifest::{MAX_PIECE_SIZE, Manifest};
 use cairn_protocol::proof::{self, AuditProof};
 use cairn_protocol::record::{SignedReceipt, Terms};
 use cairn_protocol::wire::{RejectReason, Transfer, TransferError};
@@ -34,6 +39,7 @@ use serde::{Deserialize, Serialize};
 
 const PIECES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("pieces-0");
 const EXPIRY: TableDefinition<(u64, &[u8]), ()> = TableDefinition::new("expiry-0");
+const ROOTS: TableDefinition<(&[u8], &[u8]), ()> = TableDefinition::new("roots-0");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta-0");
 const USED: &str = "used";
 const COUNT: &str = "count";
@@ -54,6 +60,9 @@ pub struct Entry {
     pub receipt: SignedReceipt,
     /// Unix seconds of the last audit answered, if any.
     pub last_audit: Option<u64>,
+    /// For a manifest, the root of the content it describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<Cid>,
 }
 
 /// What the store accepts.
@@ -192,6 +201,7 @@ impl Store {
         {
             txn.open_table(PIECES).map_err(db_err)?;
             txn.open_table(EXPIRY).map_err(db_err)?;
+            txn.open_table(ROOTS).map_err(db_err)?;
             txn.open_table(META).map_err(db_err)?;
         }
         txn.commit().map_err(db_err)?;
@@ -276,6 +286,45 @@ impl Store {
             .get(piece.to_bytes().as_slice())
             .map_err(db_err)?
             .is_some())
+    }
+
+    /// A held manifest of the content `root`, if any.
+    pub fn manifest_for(&self, root: &Cid) -> Result<Option<Cid>, Error> {
+        let read = self.db.begin_read().map_err(db_err)?;
+        let table = read.open_table(ROOTS).map_err(db_err)?;
+        let key = root.to_bytes();
+        let mut range = table
+            .range::<(&[u8], &[u8])>((key.as_slice(), &[][..])..)
+            .map_err(db_err)?;
+        let Some(item) = range.next() else {
+            return Ok(None);
+        };
+        let (k, _) = item.map_err(db_err)?;
+        let (r, manifest) = k.value();
+        if r != key.as_slice() {
+            return Ok(None);
+        }
+        Ok(Cid::try_from(manifest).ok())
+    }
+
+    /// Whether this node can answer for `key`: a piece it holds, or a
+    /// content root it holds a manifest of.
+    pub fn holds(&self, key: &Cid) -> Result<bool, Error> {
+        Ok(self.contains(key)? || self.manifest_for(key)?.is_some())
+    }
+
+    /// What to announce for a held piece: its CID, and for a manifest also
+    /// its content root.
+    pub fn announce_keys(&self, piece: &Cid) -> Vec<Cid> {
+        let mut keys = vec![*piece];
+        if piece.codec() == block::DAG_CBOR
+            && let Ok(Some(Entry {
+                root: Some(root), ..
+            })) = self.entry(piece)
+        {
+            keys.push(root);
+        }
+        keys
     }
 
     /// Up to `limit` held piece CIDs in index order, starting after `after`.
@@ -402,10 +451,17 @@ impl Store {
                 got: data.len() as u64,
             });
         }
-        if block::blake3_root(&terms.piece).is_none() || block::verify(&terms.piece, data).is_err()
-        {
+        if block::verify(&terms.piece, data).is_err() {
             return Err(TransferError::HashMismatch);
         }
+        let root = match kind(&terms.piece) {
+            Some(Kind::Shard) => None,
+            Some(Kind::Manifest) => match Manifest::decode(data) {
+                Ok(m) => Some(m.root),
+                Err(_) => return Err(TransferError::HashMismatch),
+            },
+            None => return Err(TransferError::HashMismatch),
+        };
         let storage = |e: Error| {
             tracing::error!(piece = %terms.piece, error = %e, "could not store piece");
             TransferError::Storage
@@ -420,6 +476,7 @@ impl Store {
             stored_by: peer.to_vec(),
             receipt: receipt.clone(),
             last_audit: None,
+            root,
         };
         if let Err(e) = self.commit_insert(&terms.piece, &entry) {
             let _ = fs::remove_file(&tmp);
@@ -462,6 +519,12 @@ impl Store {
             expiry
                 .insert((entry.expires_at, key.as_slice()), ())
                 .map_err(db_err)?;
+            if let Some(root) = entry.root {
+                let mut roots = txn.open_table(ROOTS).map_err(db_err)?;
+                roots
+                    .insert((root.to_bytes().as_slice(), key.as_slice()), ())
+                    .map_err(db_err)?;
+            }
             let mut meta = txn.open_table(META).map_err(db_err)?;
             adjust_totals(&mut meta, entry.size as i64, 1)?;
         }
@@ -507,6 +570,7 @@ impl Store {
         {
             let mut table = txn.open_table(PIECES).map_err(db_err)?;
             let mut expiry = txn.open_table(EXPIRY).map_err(db_err)?;
+            let mut roots = txn.open_table(ROOTS).map_err(db_err)?;
             let mut meta = txn.open_table(META).map_err(db_err)?;
             for piece in pieces {
                 let key = piece.to_bytes();
@@ -518,6 +582,11 @@ impl Store {
                 expiry
                     .remove((entry.expires_at, key.as_slice()))
                     .map_err(db_err)?;
+                if let Some(root) = entry.root {
+                    roots
+                        .remove((root.to_bytes().as_slice(), key.as_slice()))
+                        .map_err(db_err)?;
+                }
                 let (from, to) = (self.piece_path(piece), self.trash_path(piece));
                 match fs::rename(&from, &to) {
                     Ok(()) => trashed.push(to),
@@ -740,6 +809,23 @@ fn adjust_totals(meta: &mut redb::Table<&str, u64>, bytes: i64, pieces: i64) -> 
             .map_err(db_err)?;
     }
     Ok(())
+}
+
+/// The two kinds of piece a store keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Shard,
+    Manifest,
+}
+
+fn kind(piece: &Cid) -> Option<Kind> {
+    if block::blake3_root(piece).is_some() {
+        Some(Kind::Shard)
+    } else if piece.codec() == block::DAG_CBOR && piece.hash().code() == block::SHA2_256 {
+        Some(Kind::Manifest)
+    } else {
+        None
+    }
 }
 
 fn decode_entry(piece: &Cid, bytes: &[u8]) -> Result<Entry, Error> {

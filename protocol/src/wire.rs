@@ -124,8 +124,9 @@ pub enum FetchRequest {
         offset: u64,
         len: u64,
     },
+    /// A manifest of the content whose root CID is `root`.
     ManifestV1 {
-        manifest: Cid,
+        root: Cid,
     },
 }
 
@@ -308,7 +309,7 @@ mod tests {
             offset: 1,
             len: 2,
         });
-        round_trip(FetchRequest::ManifestV1 { manifest: piece });
+        round_trip(FetchRequest::ManifestV1 { root: piece });
         round_trip(FetchResponse::PieceV1 {
             data: ByteBuf::from(vec![1, 2]),
         });

@@ -150,7 +150,7 @@ impl ProviderStore {
 
     fn local_record(&self, key: &RecordKey) -> Option<ProviderRecord> {
         let cid = cid::Cid::try_from(key.as_ref()).ok()?;
-        let held = self.pieces.as_ref()?.contains(&cid).ok()?;
+        let held = self.pieces.as_ref()?.holds(&cid).ok()?;
         held.then(|| ProviderRecord {
             key: key.clone(),
             provider: self.local,

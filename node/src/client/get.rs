@@ -1,0 +1,419 @@
+//! `cairn get` and `cairn cat`: content out of the network.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Write};
+use std::ops::Range;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use cairn_protocol::block::{self, DAG_PB, RAW};
+use cairn_protocol::erasure;
+use cairn_protocol::manifest::Manifest;
+use cairn_protocol::unixfs::{self, BlockSource, ReadError};
+use cairn_protocol::wire::{FetchRequest, FetchResponse};
+use cid::Cid;
+use futures::StreamExt as _;
+use futures::stream::FuturesUnordered;
+use libp2p::PeerId;
+use tokio::task::JoinHandle;
+
+use super::{DEFAULT_HEDGE_AFTER, find_manifest};
+use crate::node::Handle;
+
+#[derive(Debug, Clone)]
+pub struct GetOptions {
+    /// Segments fetched ahead of the reader (each up to `k × piece_size` bytes).
+    pub segments_in_flight: usize,
+    /// A piece not in after this long is backed up by fetching another piece.
+    pub hedge_after: Duration,
+}
+
+impl Default for GetOptions {
+    fn default() -> Self {
+        GetOptions {
+            segments_in_flight: 3,
+            hedge_after: DEFAULT_HEDGE_AFTER,
+        }
+    }
+}
+
+/// What a get fetched.
+#[derive(Debug, Clone, Default)]
+pub struct GetStats {
+    /// Segments fetched (each counted once however often).
+    pub segments: BTreeSet<u64>,
+    /// Segment fetches, repeats included.
+    pub segment_fetches: u64,
+    /// Segments that needed decoding (a data piece was missing).
+    pub decoded: u64,
+    /// Holders dropped for sending bytes that do not match the piece CID.
+    pub dropped: BTreeSet<PeerId>,
+    /// Holders that were slow to answer, so another piece was fetched.
+    pub slow: BTreeSet<PeerId>,
+}
+
+/// Blocks of a segment kept after it is read.
+const SEGMENTS_CACHED: usize = 2;
+/// Bytes of dag-pb blocks kept: the DAG's inner nodes, read out of order.
+const INNER_CACHED: usize = 16 << 20;
+
+/// Content found in the network, ready to read.
+pub struct Content {
+    net: Handle,
+    manifest: Arc<Manifest>,
+    options: GetOptions,
+    stats: Arc<Mutex<GetStats>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Content {
+    /// Finds the manifest of `root` through the DHT.
+    pub async fn open(net: &Handle, root: Cid, options: GetOptions) -> Result<Content> {
+        let Some(manifest) = find_manifest(net, root).await? else {
+            bail!("{root} is unknown to the network: no node has its manifest");
+        };
+        Ok(Content {
+            net: net.clone(),
+            manifest: Arc::new(manifest),
+            options,
+            stats: Arc::default(),
+        })
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    pub fn stats(&self) -> GetStats {
+        lock(&self.stats).clone()
+    }
+
+    /// Writes bytes `offset .. offset + len` of the file (to its end when
+    /// `len` is `None`) to `out`; returns the bytes written. Blocking: call
+    /// from a blocking thread of the runtime the node runs on.
+    pub fn read(&self, offset: u64, len: Option<u64>, out: &mut impl Write) -> Result<u64> {
+        let end = len.map_or(u64::MAX, |l| offset.saturating_add(l));
+        let mut source = self.source(self.plan(offset..end));
+        Ok(unixfs::read_range(
+            &mut source,
+            &self.manifest.root,
+            offset,
+            len,
+            out,
+        )?)
+    }
+
+    /// Writes the content to `path`: a file, or a directory tree. `path` must
+    /// not exist; a file is written as `path.part` and renamed when complete.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        if path.exists() {
+            bail!(
+                "{} exists: remove it or choose another output",
+                path.display()
+            );
+        }
+        let all = (0..self.manifest.segments.len() as u64).collect();
+        let mut source = self.source(all);
+        save(&mut source, &self.manifest.root, path)
+    }
+
+    fn source(&self, plan: Vec<u64>) -> NetSource<'_> {
+        NetSource {
+            content: self,
+            rt: tokio::runtime::Handle::current(),
+            locate: self.manifest.locate(),
+            plan,
+            in_flight: HashMap::new(),
+            cache: VecDeque::new(),
+            inner: HashMap::new(),
+            inner_bytes: 0,
+        }
+    }
+
+    /// The segments holding the file's bytes `range`, in order: what the
+    /// reader will want, so what to fetch ahead. The raw leaves of a file
+    /// are its bytes in stream order.
+    fn plan(&self, range: Range<u64>) -> Vec<u64> {
+        let mut plan = BTreeSet::new();
+        let (mut at, mut file_at) = (0u64, 0u64);
+        for b in &self.manifest.blocks {
+            if b.0.codec() == RAW {
+                let leaf = file_at..file_at + b.1;
+                if leaf.start < range.end && range.start < leaf.end {
+                    plan.extend(self.manifest.segments_for(at..at + b.1));
+                }
+                file_at = leaf.end;
+            }
+            at += b.1;
+        }
+        plan.into_iter().collect()
+    }
+}
+
+fn save(source: &mut NetSource<'_>, cid: &Cid, path: &Path) -> Result<()> {
+    let part = path.with_extension(match path.extension() {
+        Some(e) => format!("{}.part", e.to_string_lossy()),
+        None => "part".into(),
+    });
+    let file = File::create(&part).with_context(|| format!("cannot create {}", part.display()))?;
+    let mut out = BufWriter::with_capacity(1 << 20, file);
+    match unixfs::read_range(source, cid, 0, None, &mut out) {
+        Ok(_) => {
+            out.flush()
+                .and_then(|()| out.get_ref().sync_all())
+                .with_context(|| format!("cannot write {}", part.display()))?;
+            drop(out);
+            fs::rename(&part, path).with_context(|| format!("cannot rename {}", part.display()))?;
+            Ok(())
+        }
+        Err(ReadError::IsDirectory { .. }) => {
+            drop(out);
+            fs::remove_file(&part).with_context(|| format!("cannot remove {}", part.display()))?;
+            fs::create_dir(path).with_context(|| format!("cannot create {}", path.display()))?;
+            for entry in unixfs::list_directory(source, cid)? {
+                save(source, &entry.cid, &path.join(&entry.name))?;
+            }
+            Ok(())
+        }
+        Err(e) => {
+            drop(out);
+            let _ = fs::remove_file(&part);
+            Err(e.into())
+        }
+    }
+}
+
+/// Blocks out of the network for the UnixFS reader: a block's place in the
+/// stream names its segments; segments are fetched ahead along the plan.
+struct NetSource<'a> {
+    content: &'a Content,
+    rt: tokio::runtime::Handle,
+    locate: HashMap<Cid, Range<u64>>,
+    plan: Vec<u64>,
+    in_flight: HashMap<u64, JoinHandle<Result<Arc<Vec<u8>>>>>,
+    /// Recently read segments, newest last.
+    cache: VecDeque<(u64, Arc<Vec<u8>>)>,
+    inner: HashMap<Cid, Vec<u8>>,
+    inner_bytes: usize,
+}
+
+impl NetSource<'_> {
+    fn segment(&mut self, index: u64) -> io::Result<Arc<Vec<u8>>> {
+        if let Some(at) = self.cache.iter().position(|(i, _)| *i == index) {
+            let hit = self.cache.remove(at).expect("present");
+            self.cache.push_back(hit.clone());
+            return Ok(hit.1);
+        }
+        let window = self.content.options.segments_in_flight.max(1);
+        let ahead: Vec<u64> = std::iter::once(index)
+            .chain(self.plan.iter().copied().filter(|&s| s > index))
+            .take(window)
+            .collect();
+        for s in ahead {
+            let cached = self.cache.iter().any(|(i, _)| *i == s);
+            if s == index || (!cached && self.in_flight.len() < window) {
+                self.in_flight.entry(s).or_insert_with(|| {
+                    let c = self.content;
+                    self.rt.spawn(fetch_segment(
+                        c.net.clone(),
+                        c.manifest.clone(),
+                        s,
+                        c.options.hedge_after,
+                        c.stats.clone(),
+                    ))
+                });
+            }
+        }
+        let task = self.in_flight.remove(&index).expect("just started");
+        let segment = self
+            .rt
+            .block_on(task)
+            .map_err(io::Error::other)?
+            .map_err(|e| io::Error::other(format!("{e:#}")))?;
+        self.keep_inner(index, &segment);
+        self.cache.push_back((index, segment.clone()));
+        if self.cache.len() > SEGMENTS_CACHED {
+            self.cache.pop_front();
+        }
+        Ok(segment)
+    }
+
+    /// Keeps the dag-pb blocks that lie wholly in a segment, within
+    /// [`INNER_CACHED`] bytes.
+    fn keep_inner(&mut self, index: u64, segment: &[u8]) {
+        let size = self.content.manifest.segment_size();
+        let start = index * size;
+        let seg = start..start + segment.len() as u64;
+        for (cid, at) in &self.locate {
+            if cid.codec() == DAG_PB
+                && seg.start <= at.start
+                && at.end <= seg.end
+                && !self.inner.contains_key(cid)
+                && self.inner_bytes + (at.end - at.start) as usize <= INNER_CACHED
+            {
+                let bytes =
+                    segment[(at.start - start) as usize..(at.end - start) as usize].to_vec();
+                self.inner_bytes += bytes.len();
+                self.inner.insert(*cid, bytes);
+            }
+        }
+    }
+}
+
+impl BlockSource for NetSource<'_> {
+    fn get(&mut self, cid: &Cid) -> io::Result<Vec<u8>> {
+        if let Some(b) = self.inner.get(cid) {
+            return Ok(b.clone());
+        }
+        let Some(at) = self.locate.get(cid).cloned() else {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("the manifest does not list block {cid}"),
+            ));
+        };
+        let size = self.content.manifest.segment_size();
+        let mut out = Vec::with_capacity((at.end - at.start) as usize);
+        for s in self.content.manifest.segments_for(at.clone()) {
+            let segment = self.segment(s)?;
+            let base = s * size;
+            let from = at.start.max(base) - base;
+            let to = at.end.min(base + segment.len() as u64) - base;
+            out.extend_from_slice(&segment[from as usize..to as usize]);
+        }
+        Ok(out)
+    }
+}
+
+/// Fetches any `k` pieces of segment `index` (data pieces first), each
+/// checked against its CID, and decodes the segment if a data piece is
+/// missing. A piece slower than `hedge_after` is backed up by the next one.
+async fn fetch_segment(
+    net: Handle,
+    manifest: Arc<Manifest>,
+    index: u64,
+    hedge_after: Duration,
+    stats: Arc<Mutex<GetStats>>,
+) -> Result<Arc<Vec<u8>>> {
+    let scheme = manifest.scheme;
+    let k = scheme.k as usize;
+    let cids = manifest.segments[index as usize].clone();
+    let piece_len = manifest.piece_len(index);
+    let asking: Arc<Mutex<HashMap<usize, PeerId>>> = Arc::default();
+    let attempt = |i: usize| {
+        let (net, stats, asking, cid) = (net.clone(), stats.clone(), asking.clone(), cids[i]);
+        async move {
+            let result = fetch_piece(&net, cid, piece_len, i, &asking, &stats).await;
+            (i, result)
+        }
+    };
+    let mut attempts = FuturesUnordered::new();
+    let mut started: HashMap<usize, Instant> = HashMap::new();
+    let mut pieces: Vec<Option<Vec<u8>>> = vec![None; cids.len()];
+    let (mut have, mut next) = (0, 0);
+    let mut failures = Vec::new();
+    while next < k {
+        attempts.push(attempt(next));
+        started.insert(next, Instant::now());
+        next += 1;
+    }
+    let mut tick = tokio::time::interval(hedge_after.min(Duration::from_secs(1)));
+    while have < k {
+        if attempts.is_empty() {
+            bail!(
+                "segment {index} has {have} of the {k} pieces it needs ({})",
+                failures.join("; ")
+            );
+        }
+        tokio::select! {
+            Some((i, result)) = attempts.next() => {
+                started.remove(&i);
+                match result {
+                    Ok(data) => {
+                        pieces[i] = Some(data);
+                        have += 1;
+                    }
+                    Err(e) => {
+                        failures.push(format!("piece {i}: {e:#}"));
+                        if next < cids.len() {
+                            attempts.push(attempt(next));
+                            started.insert(next, Instant::now());
+                            next += 1;
+                        }
+                    }
+                }
+            }
+            _ = tick.tick() => {
+                let now = Instant::now();
+                let slow: Vec<usize> = started
+                    .iter()
+                    .filter(|(_, t)| now - **t >= hedge_after)
+                    .map(|(i, _)| *i)
+                    .collect();
+                for i in slow {
+                    // Backed up once: the slow attempt runs on.
+                    started.remove(&i);
+                    let peer = lock(&asking).get(&i).copied();
+                    tracing::warn!(peer = ?peer, piece = %cids[i], segment = index, "holder is slow; fetching another piece");
+                    lock(&stats).slow.extend(peer);
+                    if next < cids.len() {
+                        attempts.push(attempt(next));
+                        started.insert(next, Instant::now());
+                        next += 1;
+                    }
+                }
+            }
+        }
+    }
+    drop(attempts);
+    let decoded = pieces[..k].iter().any(Option::is_none);
+    let len = manifest.segment_len(index);
+    let segment = tokio::task::spawn_blocking(move || erasure::decode(scheme, pieces, len))
+        .await
+        .context("decode task failed")?
+        .with_context(|| format!("cannot decode segment {index}"))?;
+    let mut s = lock(&stats);
+    s.segments.insert(index);
+    s.segment_fetches += 1;
+    s.decoded += u64::from(decoded);
+    Ok(Arc::new(segment))
+}
+
+/// One piece from any of its holders, checked against its CID.
+async fn fetch_piece(
+    net: &Handle,
+    cid: Cid,
+    len: u64,
+    i: usize,
+    asking: &Mutex<HashMap<usize, PeerId>>,
+    stats: &Mutex<GetStats>,
+) -> Result<Vec<u8>> {
+    let holders = net.providers(cid).await.context("provider lookup failed")?;
+    if holders.is_empty() {
+        bail!("no node holds it");
+    }
+    let mut last = String::new();
+    for peer in holders {
+        lock(asking).insert(i, peer);
+        match net.fetch(peer, FetchRequest::PieceV1 { piece: cid }).await {
+            Ok(FetchResponse::PieceV1 { data })
+                if data.len() as u64 == len && block::verify(&cid, &data).is_ok() =>
+            {
+                return Ok(data.into_vec());
+            }
+            Ok(FetchResponse::PieceV1 { .. }) => {
+                tracing::warn!(%peer, piece = %cid, "holder sent bytes that do not match the piece CID; dropping it");
+                lock(stats).dropped.insert(peer);
+                last = format!("{peer} sent bad bytes");
+            }
+            Ok(other) => last = format!("{peer} answered {other:?}"),
+            Err(e) => last = format!("{e}"),
+        }
+    }
+    bail!("no holder served it (last: {last})")
+}

@@ -1,0 +1,98 @@
+//! The client side of Cairn: adding content to the network and getting it
+//! back, over a [`Handle`] to a running node (an ephemeral client, or a
+//! storage node serving the control API).
+//!
+//! Add: import → pack into segments → erasure-code → place each segment's
+//! `k + m` pieces on distinct storage nodes near the piece in the keyspace
+//! → store the manifest on several nodes, which announce the content root.
+//! Get: the root's providers give the manifest → per segment, fetch any `k`
+//! pieces (data pieces first) → decode when a data piece is missing → the
+//! UnixFS reader verifies every block before writing it.
+
+mod get;
+mod put;
+
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use cairn_protocol::manifest::Manifest;
+use cairn_protocol::wire::{FetchRequest, FetchResponse};
+use cid::Cid;
+use futures::StreamExt as _;
+use futures::stream::FuturesUnordered;
+use libp2p::PeerId;
+
+pub use get::{Content, GetOptions, GetStats};
+pub use put::{AddOptions, Added, Input, Progress, add};
+
+use crate::node::Handle;
+
+/// The ed25519 key behind an ed25519 peer ID: what its receipts are signed with.
+pub fn node_key(peer: &PeerId) -> Result<[u8; 32]> {
+    let key = libp2p::identity::PublicKey::try_decode_protobuf(peer.as_ref().digest())
+        .with_context(|| format!("peer ID {peer} does not carry its public key"))?;
+    Ok(key
+        .try_into_ed25519()
+        .with_context(|| format!("peer {peer} has no ed25519 key"))?
+        .to_bytes())
+}
+
+/// Finds a manifest of the content `root` in the network: asks all the
+/// root's providers at once and returns the first manifest that decodes, is
+/// valid and describes `root`. `None` when no provider has one.
+pub async fn find_manifest(net: &Handle, root: Cid) -> Result<Option<Manifest>> {
+    let providers = net
+        .providers(root)
+        .await
+        .context("cannot look the content up in the DHT")?;
+    let mut asking: FuturesUnordered<_> = providers
+        .into_iter()
+        .filter(|p| *p != net.peer_id())
+        .map(|peer| async move {
+            (
+                peer,
+                net.fetch(peer, FetchRequest::ManifestV1 { root }).await,
+            )
+        })
+        .collect();
+    while let Some((peer, answer)) = asking.next().await {
+        match answer {
+            Ok(FetchResponse::ManifestV1 { data }) => match Manifest::decode(&data) {
+                Ok(m) if m.root == root => return Ok(Some(m)),
+                Ok(_) => tracing::warn!(%peer, %root, "peer sent a manifest of other content"),
+                Err(e) => tracing::warn!(%peer, %root, error = %e, "peer sent a bad manifest"),
+            },
+            Ok(other) => tracing::debug!(%peer, %root, ?other, "no manifest from provider"),
+            Err(e) => tracing::debug!(%peer, %root, error = %e, "manifest request failed"),
+        }
+    }
+    Ok(None)
+}
+
+/// How long a request may go unanswered before another source is tried
+/// alongside it (not instead: a slow answer still counts if it comes first).
+pub const DEFAULT_HEDGE_AFTER: Duration = Duration::from_secs(10);
+
+/// A client node of its own for one command: no capacity, a throwaway
+/// identity in a temporary directory, joined through `bootstrap`. Keep the
+/// directory until the node is stopped.
+pub async fn ephemeral(
+    bootstrap: Vec<libp2p::Multiaddr>,
+) -> Result<(crate::node::Node, tempfile::TempDir)> {
+    anyhow::ensure!(
+        !bootstrap.is_empty(),
+        "no network to reach: give --bootstrap /ip4/…/tcp/…/p2p/<peer id> or set CAIRN_BOOTSTRAP (`cairn devnet` prints one)"
+    );
+    let dir = tempfile::Builder::new()
+        .prefix("cairn-client-")
+        .tempdir()
+        .context("cannot create a temporary directory")?;
+    let mut config = crate::node::Config::new(dir.path().to_path_buf());
+    config.capacity = 0;
+    config.listen = Vec::new();
+    config.bootstrap = bootstrap;
+    let node = crate::node::Node::start(config)
+        .await
+        .context("cannot start the client")?;
+    Ok((node, dir))
+}

@@ -1,0 +1,576 @@
+//! `cairn add`: content into the network.
+
+use std::collections::{HashSet, VecDeque};
+use std::fs::File;
+use std::io::{self, BufReader};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use cairn_protocol::car::CarReader;
+use cairn_protocol::erasure::Scheme;
+use cairn_protocol::manifest::{
+    DEFAULT_PIECE_SIZE, EncodedSegment, MAX_PIECE_SIZE, Manifest, Packer,
+};
+use cairn_protocol::record::{SignedReceipt, Terms};
+use cairn_protocol::unixfs::BlockSink;
+use cairn_protocol::wire::{RejectReason, StoreRequest, StoreResponse, Transfer};
+use cid::Cid;
+use futures::StreamExt as _;
+use futures::stream::FuturesUnordered;
+use libp2p::PeerId;
+use rand::RngCore as _;
+use tokio::sync::mpsc;
+
+use super::{DEFAULT_HEDGE_AFTER, find_manifest, node_key};
+use crate::add::{self, Options};
+use crate::node::{Handle, RequestError};
+
+/// What to add.
+#[derive(Debug, Clone)]
+pub enum Input {
+    /// A file, or with `options.recursive` a directory tree.
+    Path { path: PathBuf, options: Options },
+    /// The blocks of a CAR v1; its first root is the content root.
+    Car(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct AddOptions {
+    pub scheme: Scheme,
+    pub piece_size: u64,
+    /// How long storage nodes keep the pieces.
+    pub term: Duration,
+    /// Nodes asked to keep the manifest.
+    pub manifest_copies: usize,
+    /// Segments being placed at once (each holds `k + m` pieces in memory).
+    pub segments_in_flight: usize,
+    /// A piece upload slower than this is also started on another node.
+    pub hedge_after: Duration,
+}
+
+impl Default for AddOptions {
+    fn default() -> Self {
+        AddOptions {
+            scheme: Scheme::default(),
+            piece_size: DEFAULT_PIECE_SIZE,
+            term: Duration::from_secs(30 * 86_400),
+            manifest_copies: 5,
+            segments_in_flight: 2,
+            hedge_after: DEFAULT_HEDGE_AFTER,
+        }
+    }
+}
+
+/// What an add did.
+#[derive(Debug, Clone)]
+pub struct Added {
+    pub root: Cid,
+    pub manifest: Cid,
+    /// Bytes of all blocks.
+    pub bytes: u64,
+    pub segments: usize,
+    /// Pieces placed (receipts, or nodes that already held the piece).
+    pub pieces: usize,
+    /// Nodes that refused or failed and were replaced.
+    pub replaced: usize,
+    /// Nodes holding the manifest.
+    pub manifest_holders: usize,
+    /// The network had the content already; nothing was uploaded.
+    pub already_stored: bool,
+}
+
+/// How far an add has got, in bytes of the content's blocks.
+#[derive(Debug, Clone, Copy)]
+pub enum Progress {
+    /// Hashed: the content's blocks hold `total` bytes.
+    Hashed { total: u64 },
+    /// `done` bytes are placed on storage nodes.
+    Placed { done: u64 },
+}
+
+/// Adds `input` to the network through `net`, reporting progress. Content
+/// the network already has is not uploaded again.
+pub async fn add(
+    net: &Handle,
+    input: Input,
+    options: &AddOptions,
+    progress: impl Fn(Progress),
+) -> Result<Added> {
+    // Hash first: the root tells whether the network has the content.
+    let hashing = input.clone();
+    let (root, total) = tokio::task::spawn_blocking(move || {
+        let mut counter = Counter(0);
+        import(&hashing, &mut counter).map(|root| (root, counter.0))
+    })
+    .await
+    .context("import task failed")??;
+    progress(Progress::Hashed { total });
+    if let Some(m) = find_manifest(net, root).await? {
+        return Ok(Added {
+            root,
+            manifest: m.cid(),
+            bytes: m.stream_len,
+            segments: m.segments.len(),
+            pieces: 0,
+            replaced: 0,
+            manifest_holders: 0,
+            already_stored: true,
+        });
+    }
+
+    let shared = Arc::new(Shared {
+        net: net.clone(),
+        k: options.scheme.k as usize,
+        expires_at: unix_now() + options.term.as_secs(),
+        hedge_after: options.hedge_after,
+        excluded: Mutex::new(HashSet::from([net.peer_id()])),
+        replaced: Mutex::new(0),
+    });
+    let (tx, mut rx) = mpsc::channel::<EncodedSegment>(1);
+    let (scheme, piece_size) = (options.scheme, options.piece_size);
+    let packing = tokio::task::spawn_blocking(move || -> Result<Manifest> {
+        let mut packer = Packer::new(scheme, piece_size, |segment| {
+            tx.blocking_send(segment)
+                .map_err(|_| io::Error::other("the upload stopped"))
+        })?;
+        let root = import(&input, &mut packer)?;
+        Ok(packer.finish(root)?)
+    });
+
+    let (mut placing, mut placed_bytes, mut pieces) = (FuturesUnordered::new(), 0u64, 0usize);
+    let mut receiving = true;
+    loop {
+        tokio::select! {
+            segment = rx.recv(), if receiving && placing.len() < options.segments_in_flight.max(1) => {
+                match segment {
+                    Some(s) => placing.push(place_segment(shared.clone(), s)),
+                    None => receiving = false,
+                }
+            }
+            Some(result) = placing.next() => {
+                let (bytes, n) = result?;
+                placed_bytes += bytes;
+                pieces += n;
+                progress(Progress::Placed { done: placed_bytes.min(total) });
+            }
+            else => break,
+        }
+    }
+    let manifest = match packing.await.context("import task failed")? {
+        Ok(m) => m,
+        Err(e) => return Err(e.context("cannot import the content")),
+    };
+    if manifest.root != root {
+        bail!(
+            "the input changed while it was being added (root {root}, then {})",
+            manifest.root
+        );
+    }
+    let manifest_holders = store_manifest(&shared, &manifest, options.manifest_copies).await?;
+    let replaced = *lock(&shared.replaced);
+    Ok(Added {
+        root,
+        manifest: manifest.cid(),
+        bytes: manifest.stream_len,
+        segments: manifest.segments.len(),
+        pieces,
+        replaced,
+        manifest_holders,
+        already_stored: false,
+    })
+}
+
+/// Imports `input` into `sink` and returns its root CID.
+fn import(input: &Input, sink: &mut impl BlockSink) -> Result<Cid> {
+    match input {
+        Input::Path { path, options } => Ok(add::import_path(path, *options, sink)?.cid),
+        Input::Car(path) => {
+            let file =
+                File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+            let mut car = CarReader::new(BufReader::with_capacity(1 << 20, file))
+                .with_context(|| format!("{} is not a CAR v1", path.display()))?;
+            let Some(&root) = car.roots().first() else {
+                bail!("{} names no root", path.display());
+            };
+            while let Some((cid, block)) = car
+                .next_block()
+                .with_context(|| format!("{} is invalid", path.display()))?
+            {
+                sink.put(&cid, &block)?;
+            }
+            Ok(root)
+        }
+    }
+}
+
+/// Counts the bytes of the blocks it is given.
+struct Counter(u64);
+
+impl BlockSink for Counter {
+    fn put(&mut self, _: &Cid, block: &[u8]) -> io::Result<()> {
+        self.0 += block.len() as u64;
+        Ok(())
+    }
+}
+
+/// State of one add shared by its segment placements.
+struct Shared {
+    net: Handle,
+    k: usize,
+    expires_at: u64,
+    hedge_after: Duration,
+    /// This client and the nodes that refused or failed: not asked again.
+    excluded: Mutex<HashSet<PeerId>>,
+    replaced: Mutex<usize>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    /// Candidate nodes for a key, closest first, without excluded ones.
+    async fn candidates(&self, key: Cid) -> Result<Vec<PeerId>> {
+        let peers = self
+            .net
+            .closest_peers(key)
+            .await
+            .context("cannot find storage nodes in the DHT")?;
+        let excluded = lock(&self.excluded);
+        Ok(peers
+            .into_iter()
+            .filter(|p| !excluded.contains(p))
+            .collect())
+    }
+
+    fn exclude(&self, peer: PeerId) {
+        lock(&self.excluded).insert(peer);
+        *lock(&self.replaced) += 1;
+    }
+}
+
+/// Which node each piece of a segment goes to: a plain state machine (no
+/// IO) that [`place_segment`] drives. Every node is asked for at most one
+/// piece of the segment, so no node holds two.
+#[derive(Debug)]
+struct Placement {
+    candidates: VecDeque<PeerId>,
+    asked: HashSet<PeerId>,
+    pieces: Vec<PieceState>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct PieceState {
+    placed: bool,
+    running: usize,
+    /// When the oldest running attempt started.
+    since: Option<Instant>,
+    hedged: bool,
+}
+
+impl Placement {
+    fn new(pieces: usize, candidates: Vec<PeerId>) -> Self {
+        Placement {
+            candidates: candidates.into(),
+            asked: HashSet::new(),
+            pieces: vec![PieceState::default(); pieces],
+        }
+    }
+
+    fn add_candidates(&mut self, more: Vec<PeerId>) {
+        for p in more {
+            if !self.asked.contains(&p) && !self.candidates.contains(&p) {
+                self.candidates.push_back(p);
+            }
+        }
+    }
+
+    /// The node to ask next for piece `i`, if any is left.
+    fn start(&mut self, i: usize, now: Instant) -> Option<PeerId> {
+        let peer = self.candidates.pop_front()?;
+        self.asked.insert(peer);
+        let p = &mut self.pieces[i];
+        p.running += 1;
+        p.since.get_or_insert(now);
+        Some(peer)
+    }
+
+    /// Records an attempt's end; returns whether piece `i` needs a new node.
+    fn finish(&mut self, i: usize, ok: bool) -> bool {
+        let p = &mut self.pieces[i];
+        p.running -= 1;
+        if ok {
+            p.placed = true;
+        }
+        if p.running == 0 {
+            p.since = None;
+        }
+        !p.placed && p.running == 0
+    }
+
+    /// Pieces whose only attempt has run longer than `after`: each gets a
+    /// second node (once), so one slow node does not hold the upload.
+    fn stragglers(&mut self, now: Instant, after: Duration) -> Vec<usize> {
+        let mut out = Vec::new();
+        for (i, p) in self.pieces.iter_mut().enumerate() {
+            if !p.placed && !p.hedged && p.since.is_some_and(|s| now - s >= after) {
+                p.hedged = true;
+                out.push(i);
+            }
+        }
+        out
+    }
+
+    fn done(&self) -> bool {
+        self.pieces.iter().all(|p| p.placed)
+    }
+}
+
+/// Places every piece of a segment; returns its data bytes (padding
+/// included) and piece count.
+async fn place_segment(shared: Arc<Shared>, segment: EncodedSegment) -> Result<(u64, usize)> {
+    let index = segment.index;
+    let n = segment.pieces.len();
+    let bytes: u64 = segment.pieces[..shared.k]
+        .iter()
+        .map(|p| p.1.len() as u64)
+        .sum();
+    let pieces: Vec<(Cid, Arc<Vec<u8>>)> = segment
+        .pieces
+        .into_iter()
+        .map(|(cid, data)| (cid, Arc::new(data)))
+        .collect();
+    let mut plan = Placement::new(n, shared.candidates(pieces[0].0).await?);
+    let mut attempts = FuturesUnordered::new();
+    let attempt = |i: usize, peer: PeerId| {
+        let (cid, data) = pieces[i].clone();
+        let shared = shared.clone();
+        async move {
+            let result = upload(&shared.net, peer, cid, &data, shared.expires_at).await;
+            (i, peer, result)
+        }
+    };
+    let mut last_error = String::from("no storage node found");
+    let now = Instant::now();
+    for (i, (cid, _)) in pieces.iter().enumerate() {
+        if plan.candidates.is_empty() {
+            plan.add_candidates(shared.candidates(*cid).await?);
+        }
+        match plan.start(i, now) {
+            Some(peer) => attempts.push(attempt(i, peer)),
+            None => bail!(
+                "segment {index}: its {n} pieces need {n} distinct storage nodes; found only {}",
+                plan.asked.len()
+            ),
+        }
+    }
+    let mut tick = tokio::time::interval(shared.hedge_after.min(Duration::from_secs(1)));
+    while !plan.done() {
+        tokio::select! {
+            Some((i, peer, result)) = attempts.next() => {
+                let ok = match result {
+                    Ok(()) => true,
+                    Err(e) if is_unsupported(&e) => {
+                        tracing::debug!(%peer, "not a storage node");
+                        lock(&shared.excluded).insert(peer);
+                        false
+                    }
+                    Err(e) => {
+                        tracing::warn!(%peer, piece = %pieces[i].0, segment = index, error = %e, "storage node failed; asking another");
+                        last_error = format!("{peer}: {e:#}");
+                        shared.exclude(peer);
+                        false
+                    }
+                };
+                if plan.finish(i, ok) {
+                    if plan.candidates.is_empty() {
+                        plan.add_candidates(shared.candidates(pieces[i].0).await?);
+                    }
+                    match plan.start(i, Instant::now()) {
+                        Some(peer) => attempts.push(attempt(i, peer)),
+                        None => bail!(
+                            "segment {index}: piece {} could not be placed: every storage node asked refused or failed (last: {last_error})",
+                            pieces[i].0
+                        ),
+                    }
+                }
+            }
+            _ = tick.tick() => {
+                for i in plan.stragglers(Instant::now(), shared.hedge_after) {
+                    if let Some(peer) = plan.start(i, Instant::now()) {
+                        tracing::info!(%peer, piece = %pieces[i].0, segment = index, "piece upload is slow; asking another node too");
+                        attempts.push(attempt(i, peer));
+                    }
+                }
+            }
+        }
+    }
+    // Dropping the remaining attempts cancels the slowest.
+    Ok((bytes, n))
+}
+
+/// Offers a piece to `peer` and, if accepted, sends it; succeeds with a
+/// receipt signed by `peer` for this piece, or when `peer` already holds it.
+async fn upload(
+    net: &Handle,
+    peer: PeerId,
+    piece: Cid,
+    data: &[u8],
+    expires_at: u64,
+) -> Result<()> {
+    let mut nonce = [0u8; 16];
+    rand::thread_rng().fill_bytes(&mut nonce);
+    let terms = Terms {
+        piece,
+        size: data.len() as u64,
+        expires_at,
+        nonce,
+    };
+    match net
+        .store(peer, StoreRequest::OfferV1(terms.clone()))
+        .await?
+    {
+        StoreResponse::AcceptedV1 { .. } => {}
+        StoreResponse::RejectedV1(RejectReason::AlreadyHeld) => return Ok(()),
+        StoreResponse::RejectedV1(reason) => bail!("declined: {reason:?}"),
+        other => bail!("unexpected answer to an offer: {other:?}"),
+    }
+    let transfer = Transfer {
+        piece,
+        nonce,
+        data: data.to_vec().into(),
+    };
+    match net.store(peer, StoreRequest::TransferV1(transfer)).await? {
+        StoreResponse::StoredV1(receipt) => check_receipt(&receipt, &terms, &peer),
+        StoreResponse::FailedV1(e) => bail!("transfer failed: {e:?}"),
+        other => bail!("unexpected answer to a transfer: {other:?}"),
+    }
+}
+
+/// Whether a request failed because the peer is no storage node.
+fn is_unsupported(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<RequestError>(),
+        Some(RequestError::Unsupported { .. })
+    )
+}
+
+fn check_receipt(receipt: &SignedReceipt, terms: &Terms, peer: &PeerId) -> Result<()> {
+    receipt
+        .verify(&terms.piece, Some(&node_key(peer)?))
+        .context("bad receipt")?;
+    ensure!(
+        receipt.receipt.terms == *terms,
+        "receipt is for other terms than offered"
+    );
+    Ok(())
+}
+
+/// Stores the manifest on up to `copies` nodes closest to the content
+/// root; they announce the root. Returns how many hold it (at least one).
+async fn store_manifest(shared: &Shared, manifest: &Manifest, copies: usize) -> Result<usize> {
+    let bytes = manifest.encode();
+    ensure!(
+        bytes.len() as u64 <= MAX_PIECE_SIZE,
+        "the manifest is {} bytes, over the {MAX_PIECE_SIZE}-byte limit of a piece: add content in smaller parts",
+        bytes.len()
+    );
+    let cid = manifest.cid();
+    let mut candidates: VecDeque<PeerId> = shared.candidates(manifest.root).await?.into();
+    let mut stored = 0;
+    let mut attempts = FuturesUnordered::new();
+    let mut last_error = String::from("no storage node found");
+    loop {
+        while attempts.len() + stored < copies.max(1) {
+            let Some(peer) = candidates.pop_front() else {
+                break;
+            };
+            let (net, bytes) = (&shared.net, &bytes);
+            attempts.push(
+                async move { (peer, upload(net, peer, cid, bytes, shared.expires_at).await) },
+            );
+        }
+        match attempts.next().await {
+            Some((_, Ok(()))) => stored += 1,
+            Some((peer, Err(e))) => {
+                if !is_unsupported(&e) {
+                    tracing::warn!(%peer, error = %e, "node did not store the manifest");
+                }
+                last_error = format!("{peer}: {e:#}");
+            }
+            None => break,
+        }
+    }
+    if stored == 0 {
+        bail!("no node stored the manifest (last: {last_error})");
+    }
+    if stored < copies {
+        tracing::warn!(stored, wanted = copies, "fewer manifest copies than wanted");
+    }
+    Ok(stored)
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peers(n: usize) -> Vec<PeerId> {
+        (0..n).map(|_| PeerId::random()).collect()
+    }
+
+    #[test]
+    fn every_piece_gets_its_own_node_and_failures_get_new_ones() {
+        let ps = peers(5);
+        let mut plan = Placement::new(3, ps.clone());
+        let now = Instant::now();
+        let first: Vec<PeerId> = (0..3).map(|i| plan.start(i, now).expect("room")).collect();
+        assert_eq!(first, ps[..3]);
+        // Piece 1's node fails: it gets the next node, never a used one.
+        assert!(plan.finish(1, false));
+        assert_eq!(plan.start(1, now), Some(ps[3]));
+        plan.add_candidates(ps.clone());
+        assert_eq!(
+            plan.candidates,
+            [ps[4]],
+            "asked nodes are not candidates again"
+        );
+        assert!(!plan.finish(0, true));
+        assert!(!plan.finish(2, true));
+        assert!(!plan.done());
+        assert!(!plan.finish(1, true));
+        assert!(plan.done());
+    }
+
+    #[test]
+    fn a_slow_piece_is_hedged_once_and_the_first_answer_wins() {
+        let ps = peers(4);
+        let mut plan = Placement::new(2, ps.clone());
+        let t0 = Instant::now();
+        plan.start(0, t0);
+        plan.start(1, t0);
+        let after = Duration::from_secs(10);
+        assert!(
+            plan.stragglers(t0 + Duration::from_secs(9), after)
+                .is_empty()
+        );
+        assert!(!plan.finish(0, true));
+        assert_eq!(plan.stragglers(t0 + after, after), vec![1]);
+        assert!(
+            plan.stragglers(t0 + after * 3, after).is_empty(),
+            "hedged once"
+        );
+        assert_eq!(plan.start(1, t0 + after), Some(ps[2]));
+        // The hedge answers first; the slow attempt's later failure changes nothing.
+        assert!(!plan.finish(1, true));
+        assert!(!plan.finish(1, false));
+        assert!(plan.done());
+    }
+}

@@ -1,0 +1,397 @@
+//! Guards issue #4 end to end: content added through a client to storage
+//! node processes on loopback comes back byte-identical, whole, as ranges
+//! (fetching only the segments needed), as directories and CARs, with
+//! holders stopped, sending garbage or stalling.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::{self, Read as _};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail, ensure};
+use cairn_node::add::Options;
+use cairn_node::client::{self, AddOptions, Added, Content, GetOptions, GetStats, Input};
+use cairn_node::node::Handle;
+use cairn_protocol::block::RAW;
+use cairn_protocol::car::CarWriter;
+use cairn_protocol::unixfs::{BlockSink, CHUNK_SIZE, import_file};
+use cairn_tests::procs::{Proc, bin};
+use cid::Cid;
+use common::random_piece;
+
+/// A bootstrap node and storage nodes, each a process.
+struct Net {
+    dir: tempfile::TempDir,
+    boot: Proc,
+    nodes: Vec<Proc>,
+}
+
+impl Net {
+    fn start(nodes: usize) -> Result<Net> {
+        let dir = tempfile::tempdir()?;
+        let boot = Proc::spawn(
+            &bin("cairn-bootstrap")?,
+            &[
+                "--data-dir",
+                path(&dir.path().join("bootstrap"))?,
+                "--listen",
+                "/ip4/127.0.0.1/tcp/0",
+            ],
+            dir.path().join("bootstrap.log"),
+        )?;
+        let mut net = Net {
+            dir,
+            boot,
+            nodes: Vec::new(),
+        };
+        for i in 0..nodes {
+            let node = net.node(i, "/ip4/127.0.0.1/tcp/0", &[])?;
+            net.nodes.push(node);
+        }
+        Ok(net)
+    }
+
+    fn node(&self, i: usize, listen: &str, extra: &[&str]) -> Result<Proc> {
+        let data = self.dir.path().join(format!("node{i}"));
+        let mut args = vec![
+            "node",
+            "--data-dir",
+            path(&data)?,
+            "--listen",
+            listen,
+            "--bootstrap",
+            self.bootstrap(),
+            "--capacity",
+            "1GiB",
+        ];
+        args.extend(extra);
+        Proc::spawn(
+            &bin("cairn")?,
+            &args,
+            self.dir.path().join(format!("node{i}.log")),
+        )
+    }
+
+    fn bootstrap(&self) -> &str {
+        &self.boot.addrs[0]
+    }
+
+    /// Restarts node `i` on its address with `extra` flags.
+    fn restart(&mut self, i: usize, extra: &[&str]) -> Result<()> {
+        let addr = self.nodes[i].addrs[0].clone();
+        let listen = addr.split("/p2p/").next().context("address")?.to_owned();
+        self.nodes[i].stop()?;
+        self.nodes[i] = self.node(i, &listen, extra)?;
+        self.nodes[i].wait_log(Duration::from_secs(60), |l| {
+            l.contains("announcement round complete")
+        })?;
+        Ok(())
+    }
+
+    fn index_of(&self, peer: &libp2p::PeerId) -> Result<usize> {
+        let id = peer.to_string();
+        self.nodes
+            .iter()
+            .position(|n| n.peer_id == id)
+            .context("not one of the nodes")
+    }
+}
+
+fn path(p: &Path) -> Result<&str> {
+    p.to_str().context("utf-8 path")
+}
+
+fn write(dir: &Path, name: &str, data: &[u8]) -> Result<PathBuf> {
+    let p = dir.join(name);
+    std::fs::write(&p, data)?;
+    Ok(p)
+}
+
+fn file(path: PathBuf) -> Input {
+    Input::Path {
+        path,
+        options: Options::default(),
+    }
+}
+
+async fn add(net: &Handle, input: Input, options: &AddOptions) -> Result<Added> {
+    client::add(net, input, options, |_| {}).await
+}
+
+/// Bytes `offset..offset+len` of `root`, and what the read fetched.
+async fn read(
+    net: &Handle,
+    root: Cid,
+    offset: u64,
+    len: Option<u64>,
+    options: GetOptions,
+) -> Result<(Vec<u8>, GetStats)> {
+    let content = Content::open(net, root, options).await?;
+    tokio::task::spawn_blocking(move || {
+        let mut out = Vec::new();
+        content.read(offset, len, &mut out)?;
+        Ok((out, content.stats()))
+    })
+    .await?
+}
+
+/// Counts the bytes of the blocks an import yields: the stream length.
+struct Counter(u64);
+impl BlockSink for Counter {
+    fn put(&mut self, _: &Cid, block: &[u8]) -> io::Result<()> {
+        self.0 += block.len() as u64;
+        Ok(())
+    }
+}
+
+/// A file length whose stream (leaves and inner nodes) is exactly `stream`
+/// bytes, searched below it.
+fn len_with_stream(stream: u64) -> Result<u64> {
+    for len in (stream.saturating_sub(4096)..=stream).rev() {
+        let mut c = Counter(0);
+        import_file(io::repeat(7).take(len), &mut c)?;
+        if c.0 == stream {
+            return Ok(len);
+        }
+    }
+    bail!("no file length gives a stream of {stream} bytes")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sizes_directories_and_cars_round_trip() -> Result<()> {
+    let net = Net::start(10)?;
+    let work = tempfile::tempdir()?;
+    let (client, _client_dir) = client::ephemeral(vec![net.bootstrap().parse()?]).await?;
+    let h = &client.handle;
+    // Small pieces so that segment boundaries come cheap: 6 × 64 KiB.
+    let options = AddOptions {
+        piece_size: 64 * 1024,
+        ..Default::default()
+    };
+    let segment = 6 * 64 * 1024;
+    let chunk = CHUNK_SIZE as u64;
+    let mut sizes = vec![0, 1, chunk - 1, chunk, chunk + 1, 2 * chunk, 7 * chunk + 3];
+    for s in [segment - 1, segment, segment + 1, 2 * segment] {
+        sizes.push(len_with_stream(s)?);
+    }
+    for (i, len) in sizes.into_iter().enumerate() {
+        let data = random_piece(i as u64, len as usize);
+        let added = add(h, file(write(work.path(), "f", &data)?), &options).await?;
+        let (back, _) = read(h, added.root, 0, None, GetOptions::default()).await?;
+        ensure!(back == data, "{len} bytes did not round-trip");
+    }
+
+    // Adding the same content again uploads nothing.
+    let data = random_piece(99, 300_000);
+    let f = write(work.path(), "again", &data)?;
+    let first = add(h, file(f.clone()), &options).await?;
+    let again = add(h, file(f), &options).await?;
+    ensure!(!first.already_stored && again.already_stored && again.root == first.root);
+
+    // A directory tree comes back as the same tree.
+    let tree = work.path().join("tree");
+    std::fs::create_dir_all(tree.join("sub/deeper"))?;
+    write(&tree, "a.bin", &random_piece(1, 500_000))?;
+    write(&tree, "empty", b"")?;
+    write(&tree.join("sub"), "b.txt", b"hello")?;
+    write(&tree.join("sub/deeper"), "c.bin", &random_piece(2, 70_000))?;
+    let dir_input = Input::Path {
+        path: tree.clone(),
+        options: Options {
+            recursive: true,
+            hidden: false,
+        },
+    };
+    let added = add(h, dir_input, &options).await?;
+    let out = work.path().join("tree-out");
+    let content = Content::open(h, added.root, GetOptions::default()).await?;
+    let saved = out.clone();
+    tokio::task::spawn_blocking(move || content.save(&saved)).await??;
+    for f in ["a.bin", "empty", "sub/b.txt", "sub/deeper/c.bin"] {
+        ensure!(
+            std::fs::read(tree.join(f))? == std::fs::read(out.join(f))?,
+            "{f} differs"
+        );
+    }
+
+    // A CAR's content is added under the CAR's root.
+    let data = random_piece(3, 1_000_000);
+    let car_path = work.path().join("c.car");
+    let root = import_file(&data[..], &mut cairn_protocol::unixfs::NullSink)?.cid;
+    let mut car = CarWriter::new(std::fs::File::create(&car_path)?, &[root])?;
+    import_file(&data[..], &mut car)?;
+    car.finish()?;
+    let added = add(h, Input::Car(car_path), &options).await?;
+    ensure!(added.root == root);
+    ensure!(read(h, root, 0, None, GetOptions::default()).await?.0 == data);
+
+    // The command line, as a user runs it.
+    let data = random_piece(4, 2_000_000);
+    let f = write(work.path(), "cli.bin", &data)?;
+    let cairn = bin("cairn")?;
+    let out = Command::new(&cairn)
+        .args(["add", "--quiet", path(&f)?])
+        .env("CAIRN_BOOTSTRAP", net.bootstrap())
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cid = String::from_utf8(out.stdout)?.trim().to_owned();
+    let got = work.path().join("cli.out");
+    let status = Command::new(&cairn)
+        .args(["get", &cid, "-o", path(&got)?])
+        .env("CAIRN_BOOTSTRAP", net.bootstrap())
+        .status()?;
+    ensure!(status.success() && std::fs::read(&got)? == data);
+    let out = Command::new(&cairn)
+        .args(["cat", &cid, "--offset", "1000", "--length", "5000"])
+        .env("CAIRN_BOOTSTRAP", net.bootstrap())
+        .output()?;
+    ensure!(out.status.success() && out.stdout == data[1000..6000]);
+    let unknown = import_file(&b"never added"[..], &mut cairn_protocol::unixfs::NullSink)?.cid;
+    let out = Command::new(&cairn)
+        .args(["cat", &unknown.to_string()])
+        .env("CAIRN_BOOTSTRAP", net.bootstrap())
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && err.contains("unknown to the network"),
+        "{err}"
+    );
+    client.stop().await;
+    drop(net);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_survives_stopped_garbage_and_stalling_holders() -> Result<()> {
+    // k + m = 9 nodes: every segment has a piece on every node, so stopping
+    // 3 nodes stops m holders of every segment.
+    let mut net = Net::start(9)?;
+    let work = tempfile::tempdir()?;
+    let (client, _client_dir) = client::ephemeral(vec![net.bootstrap().parse()?]).await?;
+    let h = &client.handle;
+    let data = random_piece(7, 100 << 20);
+    let added = add(
+        h,
+        file(write(work.path(), "big", &data)?),
+        &AddOptions::default(),
+    )
+    .await?;
+    let content = Content::open(h, added.root, GetOptions::default()).await?;
+    let manifest = content.manifest().clone();
+    let segments = manifest.segments.len() as u64;
+    ensure!(segments == 5, "100 MiB in 24 MiB segments: {segments}");
+
+    // Ranges across segment boundaries fetch only the segments they need:
+    // those of their leaves, and those of the inner nodes above them.
+    let seg = manifest.segment_size();
+    let inner: BTreeSet<u64> = {
+        let mut at = 0;
+        let mut s = BTreeSet::new();
+        for b in &manifest.blocks {
+            if b.0.codec() != RAW {
+                s.extend(manifest.segments_for(at..at + b.1));
+            }
+            at += b.1;
+        }
+        s
+    };
+    for (offset, len) in [(seg - 1000, 3000), (2 * seg + 5, seg)] {
+        let (bytes, stats) = read(h, added.root, offset, Some(len), GetOptions::default()).await?;
+        let want = &data[offset as usize..(offset + len) as usize];
+        ensure!(bytes == want, "range {offset}+{len} differs");
+        let leaves = leaf_segments(&manifest, offset..offset + len);
+        ensure!(
+            stats.segments.is_superset(&leaves)
+                && stats
+                    .segments
+                    .is_subset(&leaves.union(&inner).copied().collect()),
+            "range {offset}+{len}: fetched {:?}, leaves in {leaves:?}, inner nodes in {inner:?}",
+            stats.segments
+        );
+        ensure!((stats.segments.len() as u64) < segments);
+    }
+
+    // Holders of data pieces 0 and 1 of segment 0 turn bad: one sends
+    // garbage, one never answers. The get drops one and backs up the other.
+    let holder = |piece: usize| {
+        let cid = manifest.segments[0][piece];
+        async move {
+            let found = h.providers(cid).await?;
+            found.into_iter().next().context("piece has no holder")
+        }
+    };
+    let garbage = holder(0).await?;
+    let stall = holder(1).await?;
+    let (gi, si) = (net.index_of(&garbage)?, net.index_of(&stall)?);
+    net.restart(gi, &["--fault", "garbage"])?;
+    net.restart(si, &["--fault", "stall"])?;
+    let quick = GetOptions {
+        hedge_after: Duration::from_secs(1),
+        ..Default::default()
+    };
+    let (bytes, stats) = read(h, added.root, 0, None, quick.clone()).await?;
+    ensure!(bytes == data, "content differs with bad holders");
+    ensure!(
+        stats.dropped.contains(&garbage),
+        "garbage holder dropped: {stats:?}"
+    );
+    ensure!(
+        stats.slow.contains(&stall),
+        "stalling holder backed up: {stats:?}"
+    );
+    ensure!(stats.decoded >= 1);
+
+    // Stop those two and one more: m = 3 holders of every segment are gone.
+    let third = (0..net.nodes.len())
+        .find(|i| *i != gi && *i != si)
+        .context("a third node")?;
+    for i in [gi, si, third] {
+        net.nodes[i].stop()?;
+    }
+    let (bytes, stats) = read(h, added.root, 0, None, quick).await?;
+    ensure!(bytes == data, "content differs with m holders stopped");
+    ensure!(stats.decoded >= 1);
+
+    // One more and segment 0 is short: the error says what is missing.
+    let fourth = (0..net.nodes.len())
+        .find(|i| ![gi, si, third].contains(i))
+        .context("a fourth node")?;
+    net.nodes[fourth].stop()?;
+    let short = GetOptions {
+        hedge_after: Duration::from_secs(1),
+        ..Default::default()
+    };
+    let err = match read(h, added.root, 0, None, short).await {
+        Ok(_) => bail!("a segment with 5 of 6 pieces cannot be read"),
+        Err(e) => format!("{e:#}"),
+    };
+    ensure!(err.contains("has 5 of the 6 pieces it needs"), "{err}");
+    client.stop().await;
+    Ok(())
+}
+
+/// The segments holding the file bytes `range` (the file is all raw leaves).
+fn leaf_segments(
+    manifest: &cairn_protocol::manifest::Manifest,
+    range: std::ops::Range<u64>,
+) -> BTreeSet<u64> {
+    let (mut at, mut file_at) = (0, 0);
+    let mut out = BTreeSet::new();
+    for b in &manifest.blocks {
+        if b.0.codec() == RAW {
+            if file_at < range.end && range.start < file_at + b.1 {
+                out.extend(manifest.segments_for(at..at + b.1));
+            }
+            file_at += b.1;
+        }
+        at += b.1;
+    }
+    out
+}
