@@ -908,6 +908,49 @@ mod tests {
     }
 
     #[test]
+    fn manifests_are_found_by_root_and_other_bytes_are_refused() {
+        use cairn_protocol::manifest::Packer;
+        use cairn_protocol::unixfs::import_file;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path(), 1 << 20);
+        let mut packer = Packer::new(Default::default(), 1024, |_| Ok(())).expect("layout");
+        let root = import_file(&[5u8; 10_000][..], &mut packer)
+            .expect("import")
+            .cid;
+        let bytes = packer.finish(root).expect("finish").encode();
+        let cid = block::sha256_cid(block::DAG_CBOR, &bytes);
+        let offer = |data: &[u8], piece, nonce| {
+            let t = Terms {
+                piece,
+                size: data.len() as u64,
+                expires_at: NOW + 86_400,
+                nonce: [nonce; 16],
+            };
+            store.reserve(PEER, &t, NOW).expect("reserve");
+            let transfer = Transfer {
+                piece,
+                nonce: t.nonce,
+                data: data.to_vec().into(),
+            };
+            store.store(PEER, &transfer, NOW, sign)
+        };
+        // DAG-CBOR that is no manifest is refused, and nothing is kept.
+        let junk = serde_ipld_dagcbor::to_vec(&vec![1u8, 2, 3]).expect("cbor");
+        let junk_cid = block::sha256_cid(block::DAG_CBOR, &junk);
+        assert_eq!(offer(&junk, junk_cid, 1), Err(TransferError::HashMismatch));
+        assert_eq!(store.count(), 0);
+
+        offer(&bytes, cid, 2).expect("a manifest is stored");
+        assert_eq!(store.manifest_for(&root).expect("index"), Some(cid));
+        assert!(store.holds(&root).expect("index"));
+        assert_eq!(store.announce_keys(&cid), vec![cid, root]);
+        assert_eq!(store.read(&cid).expect("read"), Some(bytes));
+        store.remove(&[cid]).expect("remove");
+        assert_eq!(store.manifest_for(&root).expect("index"), None);
+        assert!(!store.holds(&root).expect("index"));
+    }
+
+    #[test]
     fn stores_reads_and_survives_reopen() {
         let dir = tempfile::tempdir().expect("tempdir");
         let data = vec![5u8; 10_000];
