@@ -1,7 +1,7 @@
-//! The Cairn node and the library behind the `cairn` command.
-//!
-//! Networking and storage arrive with issue #3; today this crate turns files
-//! and directories on disk into UnixFS DAGs ([`add`]).
+//! The Cairn node and the library behind the `cairn` command: the piece
+//! store ([`store`]), the libp2p node ([`node`], [`net`]), the client side
+//! of add/get/cat ([`client`]), filesystem import ([`add`]) and
+//! [`devnet`].
 
 pub mod add;
 pub mod cli;
