@@ -478,7 +478,7 @@ fn note_listen_addr<B: NetworkBehaviour>(swarm: &mut Swarm<B>, addr: &Multiaddr)
     }
 }
 
-fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())

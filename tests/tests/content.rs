@@ -17,7 +17,7 @@ use cairn_node::client::{self, AddOptions, Added, Content, GetOptions, GetStats,
 use cairn_node::node::Handle;
 use cairn_protocol::block::RAW;
 use cairn_protocol::car::CarWriter;
-use cairn_protocol::unixfs::{BlockSink, CHUNK_SIZE, import_file};
+use cairn_protocol::unixfs::{ByteCount, CHUNK_SIZE, import_file};
 use cairn_tests::procs::{Proc, bin};
 use cid::Cid;
 use common::random_piece;
@@ -138,20 +138,11 @@ async fn read(
     .await?
 }
 
-/// Counts the bytes of the blocks an import yields: the stream length.
-struct Counter(u64);
-impl BlockSink for Counter {
-    fn put(&mut self, _: &Cid, block: &[u8]) -> io::Result<()> {
-        self.0 += block.len() as u64;
-        Ok(())
-    }
-}
-
 /// A file length whose stream (leaves and inner nodes) is exactly `stream`
 /// bytes, searched below it.
 fn len_with_stream(stream: u64) -> Result<u64> {
     for len in (stream.saturating_sub(4096)..=stream).rev() {
-        let mut c = Counter(0);
+        let mut c = ByteCount(0);
         import_file(io::repeat(7).take(len), &mut c)?;
         if c.0 == stream {
             return Ok(len);

@@ -20,7 +20,7 @@ use futures::stream::FuturesUnordered;
 use libp2p::PeerId;
 use tokio::task::JoinHandle;
 
-use super::{DEFAULT_HEDGE_AFTER, find_manifest};
+use super::{DEFAULT_HEDGE_AFTER, find_manifest, lock};
 use crate::node::Handle;
 
 #[derive(Debug, Clone)]
@@ -66,10 +66,6 @@ pub struct Content {
     manifest: Arc<Manifest>,
     options: GetOptions,
     stats: Arc<Mutex<GetStats>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Content {

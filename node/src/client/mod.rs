@@ -69,6 +69,11 @@ pub async fn find_manifest(net: &Handle, root: Cid) -> Result<Option<Manifest>> 
     Ok(None)
 }
 
+/// A poisoned lock still guards plain data: keep going.
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// How long a request may go unanswered before another source is tried
 /// alongside it (not instead: a slow answer still counts if it comes first).
 pub const DEFAULT_HEDGE_AFTER: Duration = Duration::from_secs(10);

@@ -5,7 +5,7 @@ use std::fs::File;
 use std::io::{self, BufReader};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
 use cairn_protocol::car::CarReader;
@@ -14,7 +14,7 @@ use cairn_protocol::manifest::{
     DEFAULT_PIECE_SIZE, EncodedSegment, MAX_PIECE_SIZE, Manifest, Packer,
 };
 use cairn_protocol::record::{SignedReceipt, Terms};
-use cairn_protocol::unixfs::BlockSink;
+use cairn_protocol::unixfs::{BlockSink, ByteCount};
 use cairn_protocol::wire::{RejectReason, StoreRequest, StoreResponse, Transfer};
 use cid::Cid;
 use futures::StreamExt as _;
@@ -23,9 +23,9 @@ use libp2p::PeerId;
 use rand::RngCore as _;
 use tokio::sync::mpsc;
 
-use super::{DEFAULT_HEDGE_AFTER, find_manifest, node_key};
+use super::{DEFAULT_HEDGE_AFTER, find_manifest, lock, node_key};
 use crate::add::{self, Options};
-use crate::node::{Handle, RequestError};
+use crate::node::{Handle, RequestError, unix_now};
 
 /// What to add.
 #[derive(Debug, Clone)]
@@ -101,7 +101,7 @@ pub async fn add(
     // Hash first: the root tells whether the network has the content.
     let hashing = input.clone();
     let (root, total) = tokio::task::spawn_blocking(move || {
-        let mut counter = Counter(0);
+        let mut counter = ByteCount(0);
         import(&hashing, &mut counter).map(|root| (root, counter.0))
     })
     .await
@@ -205,16 +205,6 @@ fn import(input: &Input, sink: &mut impl BlockSink) -> Result<Cid> {
     }
 }
 
-/// Counts the bytes of the blocks it is given.
-struct Counter(u64);
-
-impl BlockSink for Counter {
-    fn put(&mut self, _: &Cid, block: &[u8]) -> io::Result<()> {
-        self.0 += block.len() as u64;
-        Ok(())
-    }
-}
-
 /// State of one add shared by its segment placements.
 struct Shared {
     net: Handle,
@@ -224,10 +214,6 @@ struct Shared {
     /// This client and the nodes that refused or failed: not asked again.
     excluded: Mutex<HashSet<PeerId>>,
     replaced: Mutex<usize>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Shared {
@@ -510,12 +496,6 @@ async fn store_manifest(shared: &Shared, manifest: &Manifest, copies: usize) -> 
         tracing::warn!(stored, wanted = copies, "fewer manifest copies than wanted");
     }
     Ok(stored)
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]

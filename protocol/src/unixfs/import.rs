@@ -29,6 +29,17 @@ impl BlockSink for NullSink {
     }
 }
 
+/// Discards blocks, counting their bytes: an import's stream length.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ByteCount(pub u64);
+
+impl BlockSink for ByteCount {
+    fn put(&mut self, _: &Cid, block: &[u8]) -> io::Result<()> {
+        self.0 += block.len() as u64;
+        Ok(())
+    }
+}
+
 impl<S: BlockSink + ?Sized> BlockSink for &mut S {
     fn put(&mut self, cid: &Cid, block: &[u8]) -> io::Result<()> {
         (**self).put(cid, block)

@@ -9,7 +9,7 @@
 pub mod import;
 pub mod read;
 
-pub use import::{BlockSink, DirectoryBuilder, Entry, NullSink, import_file};
+pub use import::{BlockSink, ByteCount, DirectoryBuilder, Entry, NullSink, import_file};
 pub use read::{BlockSource, DirEntry, ReadError, list_directory, read_range};
 
 /// Bytes per leaf chunk.

@@ -44,11 +44,7 @@ pub(crate) fn terms_for(data: &[u8], nonce: u8) -> Terms {
     }
 }
 
-/// The ed25519 key behind an ed25519 peer ID.
-pub(crate) fn node_key(peer: &PeerId) -> Result<[u8; 32]> {
-    let key = libp2p::identity::PublicKey::try_decode_protobuf(peer.as_ref().digest())?;
-    Ok(key.try_into_ed25519()?.to_bytes())
-}
+pub(crate) use cairn_node::client::node_key;
 
 /// Offers `terms` to `peer`; if accepted, sends `data`. Returns the final answer.
 pub(crate) async fn offer_and_send(
