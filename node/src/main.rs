@@ -24,7 +24,7 @@ use libp2p::Multiaddr;
 
 /// Cairn: a peer-to-peer storage network with IPFS-identical content addresses.
 #[derive(Parser)]
-#[command(version, about, long_about = None)]
+#[command(version, long_about = None)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
