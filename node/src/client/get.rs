@@ -124,12 +124,26 @@ impl Content {
             content: self,
             rt: tokio::runtime::Handle::current(),
             locate: self.manifest.locate(),
+            inner_at: self.inner_blocks(),
             plan,
             in_flight: HashMap::new(),
             cache: VecDeque::new(),
             inner: HashMap::new(),
             inner_bytes: 0,
         }
+    }
+
+    /// Where each dag-pb (inner) block sits in the stream.
+    fn inner_blocks(&self) -> Vec<(Cid, Range<u64>)> {
+        let mut at = 0;
+        let mut out = Vec::new();
+        for b in &self.manifest.blocks {
+            if b.0.codec() == DAG_PB {
+                out.push((b.0, at..at + b.1));
+            }
+            at += b.1;
+        }
+        out
     }
 
     /// The segments holding the file's bytes `range`, in order: what the
@@ -191,6 +205,8 @@ struct NetSource<'a> {
     content: &'a Content,
     rt: tokio::runtime::Handle,
     locate: HashMap<Cid, Range<u64>>,
+    /// The dag-pb blocks and their stream ranges, in stream order.
+    inner_at: Vec<(Cid, Range<u64>)>,
     plan: Vec<u64>,
     in_flight: HashMap<u64, JoinHandle<Result<Arc<Vec<u8>>>>>,
     /// Recently read segments, newest last.
@@ -246,11 +262,14 @@ impl NetSource<'_> {
         let size = self.content.manifest.segment_size();
         let start = index * size;
         let seg = start..start + segment.len() as u64;
-        for (cid, at) in &self.locate {
-            if cid.codec() == DAG_PB
-                && seg.start <= at.start
-                && at.end <= seg.end
-                && !self.inner.contains_key(cid)
+        let first = self
+            .inner_at
+            .partition_point(|(_, at)| at.start < seg.start);
+        for (cid, at) in self.inner_at[first..]
+            .iter()
+            .take_while(|(_, at)| at.end <= seg.end)
+        {
+            if !self.inner.contains_key(cid)
                 && self.inner_bytes + (at.end - at.start) as usize <= INNER_CACHED
             {
                 let bytes =

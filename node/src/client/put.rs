@@ -339,12 +339,8 @@ async fn place_segment(shared: Arc<Shared>, segment: EncodedSegment) -> Result<(
         }
     };
     let mut last_error = String::from("no storage node found");
-    let now = Instant::now();
     for (i, (cid, _)) in pieces.iter().enumerate() {
-        if plan.candidates.is_empty() {
-            plan.add_candidates(shared.candidates(*cid).await?);
-        }
-        match plan.start(i, now) {
+        match next_node(&shared, &mut plan, i, *cid).await? {
             Some(peer) => attempts.push(attempt(i, peer)),
             None => bail!(
                 "segment {index}: its {n} pieces need {n} distinct storage nodes; found only {}",
@@ -371,10 +367,7 @@ async fn place_segment(shared: Arc<Shared>, segment: EncodedSegment) -> Result<(
                     }
                 };
                 if plan.finish(i, ok) {
-                    if plan.candidates.is_empty() {
-                        plan.add_candidates(shared.candidates(pieces[i].0).await?);
-                    }
-                    match plan.start(i, Instant::now()) {
+                    match next_node(&shared, &mut plan, i, pieces[i].0).await? {
                         Some(peer) => attempts.push(attempt(i, peer)),
                         None => bail!(
                             "segment {index}: piece {} could not be placed: every storage node asked refused or failed (last: {last_error})",
@@ -395,6 +388,20 @@ async fn place_segment(shared: Arc<Shared>, segment: EncodedSegment) -> Result<(
     }
     // Dropping the remaining attempts cancels the slowest.
     Ok((bytes, n))
+}
+
+/// Starts piece `i` (CID `cid`) on the next candidate, looking up more
+/// near `cid` when the list has run dry; `None` when there are none.
+async fn next_node(
+    shared: &Shared,
+    plan: &mut Placement,
+    i: usize,
+    cid: Cid,
+) -> Result<Option<PeerId>> {
+    if plan.candidates.is_empty() {
+        plan.add_candidates(shared.candidates(cid).await?);
+    }
+    Ok(plan.start(i, Instant::now()))
 }
 
 /// Offers a piece to `peer` and, if accepted, sends it; succeeds with a
