@@ -16,11 +16,12 @@ use cairn_node::store::{self, Store};
 use cairn_node::{cli, client};
 use cairn_protocol::car::{CarReader, CarWriter};
 use cairn_protocol::erasure::Scheme;
+use cairn_protocol::seal::{Handle, Key, Target};
 use cairn_protocol::unixfs::NullSink;
-use cid::Cid;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use libp2p::Multiaddr;
+use rand::RngCore as _;
 
 /// Cairn: a peer-to-peer storage network with IPFS-identical content addresses.
 #[derive(Parser)]
@@ -41,8 +42,8 @@ enum Command {
     Add(AddArgs),
     /// Get content by CID into a file or directory.
     Get {
-        /// The content's CID.
-        cid: Cid,
+        /// The content's CID, or the handle `add --encrypt` printed.
+        cid: Target,
         /// Where to write it [default: ./<CID>]; must not exist.
         #[arg(short, long)]
         output: Option<PathBuf>,
@@ -51,7 +52,8 @@ enum Command {
     },
     /// Write a file's content, or a byte range of it, to stdout.
     Cat {
-        cid: Cid,
+        /// The content's CID, or the handle `add --encrypt` printed.
+        cid: Target,
         /// First byte to write.
         #[arg(long, default_value_t = 0)]
         offset: u64,
@@ -92,6 +94,12 @@ struct AddArgs {
     /// Add a directory and everything under it.
     #[arg(short, long)]
     recursive: bool,
+    /// Encrypt the file with a fresh random key before it leaves this
+    /// machine: storage nodes hold only ciphertext. Prints a handle,
+    /// <CID>:v1:<key>, instead of a CID; `get` and `cat` take it. Whoever
+    /// has the handle can read the file: keep it secret.
+    #[arg(long, conflicts_with_all = ["car", "recursive", "only_hash"])]
+    encrypt: bool,
     /// Include files and directories whose names start with `.`.
     #[arg(short = 'H', long)]
     hidden: bool,
@@ -225,7 +233,7 @@ fn run() -> Result<()> {
         Command::Node(_) | Command::Devnet(_) => unreachable!("handled above"),
         Command::Add(args) => add(args)?,
         Command::Get { cid, output, get } => {
-            let output = output.unwrap_or_else(|| PathBuf::from(cid.to_string()));
+            let output = output.unwrap_or_else(|| PathBuf::from(cid.root().to_string()));
             with_content(cid, get, move |content| content.save(&output))?;
         }
         Command::Cat {
@@ -380,6 +388,14 @@ fn add(args: AddArgs) -> Result<()> {
         hidden: args.hidden,
     };
     let input = match (args.path, args.car) {
+        (Some(path), None) if args.encrypt => {
+            let mut key = [0; 32];
+            rand::rngs::OsRng.fill_bytes(&mut key);
+            client::Input::Sealed {
+                path,
+                key: Key(key),
+            }
+        }
         (Some(path), None) => client::Input::Path { path, options },
         (None, Some(car)) => client::Input::Car(car),
         _ => bail!("give a PATH or --car FILE"),
@@ -396,6 +412,10 @@ fn add(args: AddArgs) -> Result<()> {
         term: Duration::from_secs(args.days * 86_400),
         ..Default::default()
     };
+    let input_key = match &input {
+        client::Input::Sealed { key, .. } => Some(key.clone()),
+        _ => None,
+    };
     let bar = progress_bar(!args.quiet && !args.json);
     let added = runtime()?.block_on(async {
         let (node, _dir) = client::ephemeral(args.net.bootstrap).await?;
@@ -409,9 +429,18 @@ fn add(args: AddArgs) -> Result<()> {
     });
     bar.finish_and_clear();
     let added = added?;
+    // What names the content: its CID, or for sealed content CID and key.
+    let name = match input_key {
+        Some(key) => Target::Sealed(Handle {
+            root: added.root,
+            key,
+        }),
+        None => Target::Plain(added.root),
+    };
     if args.json {
         let json = serde_json::json!({
             "cid": added.root.to_string(),
+            "handle": name.to_string(),
             "manifest": added.manifest.to_string(),
             "bytes": added.bytes,
             "segments": added.segments,
@@ -437,14 +466,14 @@ fn add(args: AddArgs) -> Result<()> {
                 );
             }
         }
-        println!("{}", added.root);
+        println!("{name}");
     }
     Ok(())
 }
 
 /// Finds `cid` in the network and runs `read` on it on a blocking thread.
 fn with_content(
-    cid: Cid,
+    target: Target,
     args: GetArgs,
     read: impl FnOnce(&client::Content) -> Result<()> + Send + 'static,
 ) -> Result<()> {
@@ -457,7 +486,7 @@ fn with_content(
     runtime()?.block_on(async {
         let (node, _dir) = client::ephemeral(args.net.bootstrap).await?;
         let result = async {
-            let content = client::Content::open(&node.handle, cid, options).await?;
+            let content = client::Content::open(&node.handle, target, options).await?;
             tokio::task::spawn_blocking(move || {
                 let result = read(&content);
                 let stats = content.stats();

@@ -11,6 +11,7 @@
 //!   and the [`manifest::Packer`] that produces it while importing.
 //! - [`proof`]: verified byte ranges of a piece and audit proofs.
 //! - [`record`]: signed storage receipts.
+//! - [`seal`]: encrypted content (`cairn add --encrypt`) and its handles.
 //! - [`wire`]: the messages of Cairn's request-response protocols and their
 //!   bounded codec.
 //!
@@ -29,6 +30,7 @@ pub mod frame;
 pub mod manifest;
 pub mod proof;
 pub mod record;
+pub mod seal;
 pub mod unixfs;
 pub mod wire;
 

@@ -12,6 +12,7 @@ use anyhow::{Context as _, Result, bail};
 use cairn_protocol::block::{self, DAG_PB, RAW};
 use cairn_protocol::erasure;
 use cairn_protocol::manifest::Manifest;
+use cairn_protocol::seal::{self, Key, Opener, Target};
 use cairn_protocol::unixfs::{self, BlockSource, ReadError};
 use cairn_protocol::wire::{FetchRequest, FetchResponse};
 use cid::Cid;
@@ -64,19 +65,31 @@ const INNER_CACHED: usize = 16 << 20;
 pub struct Content {
     net: Handle,
     manifest: Arc<Manifest>,
+    /// Sealed content's key: the stored file is its ciphertext.
+    key: Option<Key>,
     options: GetOptions,
     stats: Arc<Mutex<GetStats>>,
 }
 
 impl Content {
-    /// Finds the manifest of `root` through the DHT.
-    pub async fn open(net: &Handle, root: Cid, options: GetOptions) -> Result<Content> {
+    /// Finds the manifest of the target's root through the DHT.
+    pub async fn open(
+        net: &Handle,
+        target: impl Into<Target>,
+        options: GetOptions,
+    ) -> Result<Content> {
+        let target = target.into();
+        let root = target.root();
         let Some(manifest) = find_manifest(net, root).await? else {
             bail!("{root} is unknown to the network: no node has its manifest");
         };
         Ok(Content {
             net: net.clone(),
             manifest: Arc::new(manifest),
+            key: match target {
+                Target::Plain(_) => None,
+                Target::Sealed(h) => Some(h.key),
+            },
             options,
             stats: Arc::default(),
         })
@@ -91,18 +104,37 @@ impl Content {
     }
 
     /// Writes bytes `offset .. offset + len` of the file (to its end when
-    /// `len` is `None`) to `out`; returns the bytes written. Blocking: call
-    /// from a blocking thread of the runtime the node runs on.
-    pub fn read(&self, offset: u64, len: Option<u64>, out: &mut impl Write) -> Result<u64> {
+    /// `len` is `None`) to `out`; sealed content is opened first. Blocking:
+    /// call from a blocking thread of the runtime the node runs on.
+    pub fn read(&self, offset: u64, len: Option<u64>, out: &mut impl Write) -> Result<()> {
+        let Some(key) = &self.key else {
+            return Ok(self.read_stored(offset, len, out).map(drop)?);
+        };
+        let (start, sealed_len) = seal::sealed_range(offset, len);
+        let mut opener = Opener::new(out, key, offset, len);
+        let opened = self
+            .read_stored(start, sealed_len, &mut opener)
+            .map_err(|e| match e {
+                // The opener's own error, not the output's.
+                ReadError::Write(e) if e.kind() == io::ErrorKind::InvalidData => e.into(),
+                e => anyhow::Error::from(e),
+            })
+            .and_then(|_| Ok(opener.finish()?));
+        opened
+            .map(drop)
+            .with_context(|| format!("cannot read sealed content {}", self.manifest.root))
+    }
+
+    /// Bytes of the stored file, as [`unixfs::read_range`].
+    fn read_stored(
+        &self,
+        offset: u64,
+        len: Option<u64>,
+        out: &mut impl Write,
+    ) -> Result<u64, ReadError> {
         let end = len.map_or(u64::MAX, |l| offset.saturating_add(l));
         let mut source = self.source(self.plan(offset..end));
-        Ok(unixfs::read_range(
-            &mut source,
-            &self.manifest.root,
-            offset,
-            len,
-            out,
-        )?)
+        unixfs::read_range(&mut source, &self.manifest.root, offset, len, out)
     }
 
     /// Writes the content to `path`: a file, or a directory tree. `path` must
@@ -113,6 +145,9 @@ impl Content {
                 "{} exists: remove it or choose another output",
                 path.display()
             );
+        }
+        if self.key.is_some() {
+            return write_file(path, |out| self.read(0, None, out));
         }
         let all = (0..self.manifest.segments.len() as u64).collect();
         let mut source = self.source(all);
@@ -167,34 +202,43 @@ impl Content {
 }
 
 fn save(source: &mut NetSource<'_>, cid: &Cid, path: &Path) -> Result<()> {
-    let part = path.with_extension(match path.extension() {
-        Some(e) => format!("{}.part", e.to_string_lossy()),
-        None => "part".into(),
+    let written = write_file(path, |out| {
+        Ok(unixfs::read_range(&mut *source, cid, 0, None, out).map(drop)?)
     });
-    let file = File::create(&part).with_context(|| format!("cannot create {}", part.display()))?;
-    let mut out = BufWriter::with_capacity(1 << 20, file);
-    match unixfs::read_range(source, cid, 0, None, &mut out) {
-        Ok(_) => {
-            out.flush()
-                .and_then(|()| out.get_ref().sync_all())
-                .with_context(|| format!("cannot write {}", part.display()))?;
-            drop(out);
-            fs::rename(&part, path).with_context(|| format!("cannot rename {}", part.display()))?;
-            Ok(())
-        }
-        Err(ReadError::IsDirectory { .. }) => {
-            drop(out);
-            fs::remove_file(&part).with_context(|| format!("cannot remove {}", part.display()))?;
+    match written {
+        Err(e) if matches!(e.downcast_ref(), Some(ReadError::IsDirectory { .. })) => {
             fs::create_dir(path).with_context(|| format!("cannot create {}", path.display()))?;
             for entry in unixfs::list_directory(source, cid)? {
                 save(source, &entry.cid, &path.join(&entry.name))?;
             }
             Ok(())
         }
+        other => other,
+    }
+}
+
+/// Writes a file through `write` as `path.part`, synced and renamed to
+/// `path` once complete; removes the part on failure.
+fn write_file(path: &Path, write: impl FnOnce(&mut BufWriter<File>) -> Result<()>) -> Result<()> {
+    let part = path.with_extension(match path.extension() {
+        Some(e) => format!("{}.part", e.to_string_lossy()),
+        None => "part".into(),
+    });
+    let file = File::create(&part).with_context(|| format!("cannot create {}", part.display()))?;
+    let mut out = BufWriter::with_capacity(1 << 20, file);
+    let written = write(&mut out).and_then(|()| {
+        out.flush()
+            .and_then(|()| out.get_ref().sync_all())
+            .with_context(|| format!("cannot write {}", part.display()))
+    });
+    drop(out);
+    match written {
+        Ok(()) => {
+            fs::rename(&part, path).with_context(|| format!("cannot rename {}", part.display()))
+        }
         Err(e) => {
-            drop(out);
             let _ = fs::remove_file(&part);
-            Err(e.into())
+            Err(e)
         }
     }
 }

@@ -14,7 +14,8 @@ use cairn_protocol::manifest::{
     DEFAULT_PIECE_SIZE, EncodedSegment, MAX_PIECE_SIZE, Manifest, Packer,
 };
 use cairn_protocol::record::{SignedReceipt, Terms};
-use cairn_protocol::unixfs::{BlockSink, ByteCount};
+use cairn_protocol::seal::{Key, Sealer};
+use cairn_protocol::unixfs::{BlockSink, ByteCount, import_file};
 use cairn_protocol::wire::{RejectReason, StoreRequest, StoreResponse, Transfer};
 use cid::Cid;
 use futures::StreamExt as _;
@@ -34,6 +35,9 @@ pub enum Input {
     Path { path: PathBuf, options: Options },
     /// The blocks of a CAR v1; its first root is the content root.
     Car(PathBuf),
+    /// A file sealed with `key` (see [`cairn_protocol::seal`]): the network
+    /// stores and names its ciphertext.
+    Sealed { path: PathBuf, key: Key },
 }
 
 #[derive(Debug, Clone)]
@@ -201,6 +205,20 @@ fn import(input: &Input, sink: &mut impl BlockSink) -> Result<Cid> {
                 sink.put(&cid, &block)?;
             }
             Ok(root)
+        }
+        Input::Sealed { path, key } => {
+            let file =
+                File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+            if file.metadata()?.is_dir() {
+                bail!(
+                    "{} is a directory: --encrypt takes a file (archive a directory first)",
+                    path.display()
+                );
+            }
+            let sealed = Sealer::new(BufReader::with_capacity(1 << 20, file), key);
+            Ok(import_file(sealed, sink)
+                .with_context(|| format!("cannot import {}", path.display()))?
+                .cid)
         }
     }
 }
