@@ -4,6 +4,7 @@
 //! [`devnet`].
 
 pub mod add;
+pub mod api;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -13,15 +13,14 @@ use cairn_node::add::{self, Options};
 use cairn_node::config::{self, LogFormat};
 use cairn_node::node::{self, Node};
 use cairn_node::store::{self, Store};
-use cairn_node::{cli, client};
+use cairn_node::{api, cli, client};
 use cairn_protocol::car::{CarReader, CarWriter};
 use cairn_protocol::erasure::Scheme;
-use cairn_protocol::seal::{Handle, Key, Target};
+use cairn_protocol::seal::Target;
 use cairn_protocol::unixfs::NullSink;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use libp2p::Multiaddr;
-use rand::RngCore as _;
 
 /// Cairn: a peer-to-peer storage network with IPFS-identical content addresses.
 #[derive(Parser)]
@@ -129,11 +128,17 @@ struct GetArgs {
     net: NetArgs,
 }
 
-/// How a command reaches the network.
+/// How a command reaches the network: through the running node of
+/// `--data-dir`; else through a client of its own joined via `--bootstrap`;
+/// else through a node running in the default data directory.
 #[derive(clap::Args)]
 struct NetArgs {
-    /// Peer to join through, as /ip4/…/tcp/…/p2p/<peer id> (`cairn devnet`
-    /// prints one); repeat or separate with commas.
+    /// Go through the node running in this data directory (its control API).
+    #[arg(long, env = "CAIRN_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Join the network through this peer with a short-lived client of this
+    /// command's own, as /ip4/…/tcp/…/p2p/<peer id> (`cairn devnet` prints
+    /// one); repeat or separate with commas.
     #[arg(long, env = "CAIRN_BOOTSTRAP", value_delimiter = ',')]
     bootstrap: Vec<Multiaddr>,
 }
@@ -169,6 +174,10 @@ struct NodeArgs {
     /// Log format on stderr [default: text].
     #[arg(long, env = "CAIRN_LOG_FORMAT", value_enum)]
     log_format: Option<LogFormat>,
+    /// Loopback address of the control API that `cairn add/get/cat` on this
+    /// machine use; its URL and access token go to <data dir>/api.
+    #[arg(long, env = "CAIRN_API", default_value = "127.0.0.1:0")]
+    api: std::net::SocketAddr,
     /// Misbehave, to test that clients cope.
     #[arg(long, hide = true)]
     fault: Option<node::Fault>,
@@ -234,18 +243,14 @@ fn run() -> Result<()> {
         Command::Add(args) => add(args)?,
         Command::Get { cid, output, get } => {
             let output = output.unwrap_or_else(|| PathBuf::from(cid.root().to_string()));
-            with_content(cid, get, move |content| content.save(&output))?;
+            read_content(cid, get, Some(output), (0, None))?;
         }
         Command::Cat {
             cid,
             offset,
             length,
             get,
-        } => with_content(cid, get, move |content| {
-            let mut out = BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
-            content.read(offset, length, &mut out)?;
-            out.flush().context("cannot write to stdout")
-        })?,
+        } => read_content(cid, get, None, (offset, length))?,
         Command::Store(StoreCommand::Check { data_dir }) => {
             let dir = data_dir
                 .unwrap_or_else(config::default_data_dir)
@@ -316,7 +321,7 @@ fn run() -> Result<()> {
 }
 
 /// Flags and environment over the config file over the defaults.
-fn node_config(args: NodeArgs) -> Result<(node::Config, LogFormat)> {
+fn node_config(args: NodeArgs) -> Result<(node::Config, LogFormat, std::net::SocketAddr)> {
     let dir_hint = args
         .data_dir
         .clone()
@@ -354,11 +359,17 @@ fn node_config(args: NodeArgs) -> Result<(node::Config, LogFormat)> {
         .log_format
         .or(file.log_format)
         .unwrap_or(LogFormat::Text);
-    Ok((c, log))
+    if !args.api.ip().is_loopback() {
+        bail!(
+            "--api must be a loopback address (127.0.0.1:PORT or [::1]:PORT), not {}",
+            args.api
+        );
+    }
+    Ok((c, log, args.api))
 }
 
 fn run_node(args: NodeArgs) -> Result<()> {
-    let (config, log) = node_config(args)?;
+    let (config, log, api_addr) = node_config(args)?;
     cli::init_logs(log);
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {
@@ -367,6 +378,13 @@ fn run_node(args: NodeArgs) -> Result<()> {
             .await
             .with_context(|| format!("cannot start the node in {}", data_dir.display()))?;
         let id = node.peer_id;
+        let api = match api::serve(node.handle.clone(), api_addr, &data_dir).await {
+            Ok(api) => api,
+            Err(e) => {
+                node.stop().await;
+                return Err(e);
+            }
+        };
         if node.new_identity {
             println!("created identity in {}", data_dir.display());
         }
@@ -374,121 +392,170 @@ fn run_node(args: NodeArgs) -> Result<()> {
         for addr in &node.listen_addrs {
             println!("listening on {addr}/p2p/{id}");
         }
+        println!("control API on {} (loopback only)", api.url);
         std::io::stdout().flush()?;
-        cli::shutdown_signal().await?;
+        let signal = cli::shutdown_signal().await;
         tracing::info!("shutting down");
+        api.stop().await;
         node.stop().await;
+        signal?;
         Ok(())
     })
 }
 
 fn add(args: AddArgs) -> Result<()> {
-    let options = Options {
-        recursive: args.recursive,
-        hidden: args.hidden,
-    };
-    let input = match (args.path, args.car) {
-        (Some(path), None) if args.encrypt => {
-            let mut key = [0; 32];
-            rand::rngs::OsRng.fill_bytes(&mut key);
-            client::Input::Sealed {
-                path,
-                key: Key(key),
-            }
-        }
-        (Some(path), None) => client::Input::Path { path, options },
-        (None, Some(car)) => client::Input::Car(car),
-        _ => bail!("give a PATH or --car FILE"),
-    };
     if args.only_hash {
-        let client::Input::Path { path, options } = input else {
+        let Some(path) = args.path else {
             bail!("--only-hash takes a PATH");
+        };
+        let options = Options {
+            recursive: args.recursive,
+            hidden: args.hidden,
         };
         println!("{}", add::import_path(&path, options, &mut NullSink)?.cid);
         return Ok(());
     }
-    let add_options = client::AddOptions {
-        scheme: args.scheme,
-        term: Duration::from_secs(args.days * 86_400),
-        ..Default::default()
+    let (path, car) = match (args.path, args.car) {
+        (Some(path), None) => (path, false),
+        (None, Some(car)) => (car, true),
+        _ => bail!("give a PATH or --car FILE"),
     };
-    let input_key = match &input {
-        client::Input::Sealed { key, .. } => Some(key.clone()),
-        _ => None,
+    let req = api::AddRequest {
+        path: std::path::absolute(&path)
+            .with_context(|| format!("cannot resolve {}", path.display()))?,
+        recursive: args.recursive,
+        hidden: args.hidden,
+        car,
+        encrypt: args.encrypt,
+        scheme: args.scheme,
+        days: args.days,
     };
     let bar = progress_bar(!args.quiet && !args.json);
-    let added = runtime()?.block_on(async {
-        let (node, _dir) = client::ephemeral(args.net.bootstrap).await?;
-        let added = client::add(&node.handle, input, &add_options, |p| match p {
-            client::Progress::Hashed { total } => bar.set_length(total),
-            client::Progress::Placed { done } => bar.set_position(done),
-        })
-        .await;
-        node.stop().await;
-        added
-    });
+    let added = match Via::choose(args.net)? {
+        Via::Node(node) => node.add(&req, |event| match event {
+            api::AddEvent::Hashed { total } => bar.set_length(*total),
+            api::AddEvent::Placed { done } => bar.set_position(*done),
+            _ => {}
+        }),
+        Via::Client(bootstrap) => runtime()?.block_on(async {
+            let (node, _dir) = client::ephemeral(bootstrap).await?;
+            let added = api::add(&node.handle, &req, |p| match p {
+                client::Progress::Hashed { total } => bar.set_length(total),
+                client::Progress::Placed { done } => bar.set_position(done),
+            })
+            .await;
+            node.stop().await;
+            added
+        }),
+    };
     bar.finish_and_clear();
     let added = added?;
-    // What names the content: its CID, or for sealed content CID and key.
-    let name = match input_key {
-        Some(key) => Target::Sealed(Handle {
-            root: added.root,
-            key,
-        }),
-        None => Target::Plain(added.root),
-    };
     if args.json {
-        let json = serde_json::json!({
-            "cid": added.root.to_string(),
-            "handle": name.to_string(),
-            "manifest": added.manifest.to_string(),
-            "bytes": added.bytes,
-            "segments": added.segments,
-            "pieces": added.pieces,
-            "scheme": add_options.scheme.to_string(),
-            "replaced_nodes": added.replaced,
-            "manifest_copies": added.manifest_holders,
-            "already_stored": added.already_stored,
-        });
-        println!("{json}");
-    } else {
-        if !args.quiet {
-            if added.already_stored {
-                eprintln!("the network already has this content; nothing uploaded");
-            } else {
-                eprintln!(
-                    "added {} in {} segments: {} pieces ({}) on distinct nodes, manifest on {} nodes",
-                    ByteSize(added.bytes),
-                    added.segments,
-                    added.pieces,
-                    add_options.scheme,
-                    added.manifest_holders
-                );
-            }
-        }
-        println!("{name}");
+        println!("{}", serde_json::to_string(&added)?);
+        return Ok(());
     }
+    if !args.quiet {
+        if added.already_stored {
+            eprintln!("the network already has this content; nothing uploaded");
+        } else {
+            eprintln!(
+                "added {} in {} segments: {} pieces ({}) on distinct nodes, manifest on {} nodes",
+                ByteSize(added.bytes),
+                added.segments,
+                added.pieces,
+                added.scheme,
+                added.manifest_copies
+            );
+        }
+    }
+    println!("{}", added.handle);
     Ok(())
 }
 
-/// Finds `cid` in the network and runs `read` on it on a blocking thread.
-fn with_content(
+/// How a command reaches the network: through a running local node's
+/// control API, or through a client node of its own.
+enum Via {
+    Node(api::Remote),
+    Client(Vec<Multiaddr>),
+}
+
+impl Via {
+    /// `--data-dir` names a node to go through; else `--bootstrap` asks for
+    /// a client of our own; else the node in the default data directory.
+    fn choose(net: NetArgs) -> Result<Via> {
+        if let Some(dir) = net.data_dir {
+            return match api::Remote::find(&dir)? {
+                Some(node) => Ok(Via::Node(node)),
+                None => bail!(
+                    "no node is running in {} (start one with `cairn node --data-dir {}`)",
+                    dir.display(),
+                    dir.display()
+                ),
+            };
+        }
+        if !net.bootstrap.is_empty() {
+            return Ok(Via::Client(net.bootstrap));
+        }
+        let dir = config::default_data_dir();
+        match api::Remote::find(&dir)? {
+            Some(node) => Ok(Via::Node(node)),
+            None => bail!(
+                "no network to reach: no node is running in {} and no --bootstrap /ip4/…/tcp/…/p2p/<peer id> \
+                 (or CAIRN_BOOTSTRAP) was given; `cairn devnet` prints one",
+                dir.display()
+            ),
+        }
+    }
+}
+
+/// Writes content to stdout (`cat`) or to `output` (`get`).
+fn read_content(
     target: Target,
     args: GetArgs,
-    read: impl FnOnce(&client::Content) -> Result<()> + Send + 'static,
+    output: Option<PathBuf>,
+    range: (u64, Option<u64>),
 ) -> Result<()> {
     let hedge_after = Duration::try_from_secs_f64(args.hedge_after)
         .context("--hedge-after must be a positive number of seconds")?;
+    let output = match output {
+        Some(o) => Some(
+            std::path::absolute(&o).with_context(|| format!("cannot resolve {}", o.display()))?,
+        ),
+        None => None,
+    };
+    let (offset, length) = range;
+    let via = Via::choose(args.net)?;
+    if let Via::Node(node) = &via {
+        return match &output {
+            Some(path) => node.get(&target, path),
+            None => {
+                let mut out = BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
+                node.cat(&target, offset, length, &mut out)?;
+                out.flush().context("cannot write to stdout")
+            }
+        };
+    }
+    let Via::Client(bootstrap) = via else {
+        unreachable!("handled above")
+    };
     let options = client::GetOptions {
         hedge_after,
         ..Default::default()
     };
     runtime()?.block_on(async {
-        let (node, _dir) = client::ephemeral(args.net.bootstrap).await?;
+        let (node, _dir) = client::ephemeral(bootstrap).await?;
         let result = async {
             let content = client::Content::open(&node.handle, target, options).await?;
             tokio::task::spawn_blocking(move || {
-                let result = read(&content);
+                let result = match &output {
+                    Some(path) => content.save(path),
+                    None => {
+                        let mut out = BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
+                        content
+                            .read(offset, length, &mut out)
+                            .and_then(|()| out.flush().context("cannot write to stdout"))
+                    }
+                };
                 let stats = content.stats();
                 tracing::info!(
                     segments = stats.segments.len(),

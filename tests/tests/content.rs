@@ -2,7 +2,8 @@
 //! node processes on loopback comes back byte-identical, whole, as ranges
 //! (fetching only the segments needed), as directories and CARs, with
 //! holders stopped, sending garbage or stalling; sealed (encrypted) content
-//! comes back through its handle and leaves no plaintext on any node.
+//! comes back through its handle and leaves no plaintext on any node; the
+//! commands work through a running node's control API too.
 
 mod common;
 
@@ -391,7 +392,8 @@ fn leaf_segments(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sealed_content_round_trips_and_nodes_hold_no_plaintext() -> Result<()> {
-    let net = Net::start(9)?;
+    // 6+3 pieces on nodes other than node 0, which adds.
+    let net = Net::start(10)?;
     let work = tempfile::tempdir()?;
     let data = random_piece(11, 3_000_017);
     let f = write(work.path(), "secret.bin", &data)?;
@@ -402,7 +404,16 @@ async fn sealed_content_round_trips_and_nodes_hold_no_plaintext() -> Result<()> 
             .env("CAIRN_BOOTSTRAP", net.bootstrap())
             .output()
     };
-    let out = run(&["add", "--encrypt", "--quiet", path(&f)?])?;
+    // Through node 0's control API (found through its data directory).
+    let node0 = net.dir.path().join("node0");
+    let via_node = |args: &[&str]| {
+        Command::new(&cairn)
+            .args(args)
+            .env_remove("CAIRN_BOOTSTRAP")
+            .env("CAIRN_DATA_DIR", &node0)
+            .output()
+    };
+    let out = via_node(&["add", "--encrypt", "--quiet", path(&f)?])?;
     ensure!(
         out.status.success(),
         "{}",
@@ -411,7 +422,8 @@ async fn sealed_content_round_trips_and_nodes_hold_no_plaintext() -> Result<()> 
     let text = String::from_utf8(out.stdout)?.trim().to_owned();
     let handle: seal::Handle = text.parse()?;
 
-    // Back whole, and as a range across seal records, through the handle.
+    // Back whole through a client of the command's own, and as a range
+    // across seal records through the node.
     let got = work.path().join("secret.out");
     let out = run(&["get", &text, "-o", path(&got)?])?;
     ensure!(
@@ -420,7 +432,7 @@ async fn sealed_content_round_trips_and_nodes_hold_no_plaintext() -> Result<()> 
         String::from_utf8_lossy(&out.stderr)
     );
     let (offset, len) = (3 * RECORD - 10, 2 * RECORD + 20);
-    let out = run(&[
+    let out = via_node(&[
         "cat",
         &text,
         "--offset",
@@ -428,7 +440,29 @@ async fn sealed_content_round_trips_and_nodes_hold_no_plaintext() -> Result<()> 
         "--length",
         &len.to_string(),
     ])?;
-    ensure!(out.status.success() && out.stdout == data[offset..offset + len]);
+    ensure!(
+        out.status.success() && out.stdout == data[offset..offset + len],
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = work.path().join("secret.node.out");
+    let out = via_node(&["get", &text, "-o", path(&got)?])?;
+    ensure!(out.status.success() && std::fs::read(&got)? == data);
+
+    // The API wants the token of the node's `api` file.
+    let api: serde_json::Value = serde_json::from_slice(&std::fs::read(node0.join("api"))?)?;
+    let forged = work.path().join("forged");
+    std::fs::create_dir(&forged)?;
+    let wrong = serde_json::json!({ "url": api["url"], "token": "0".repeat(64) });
+    std::fs::write(forged.join("api"), wrong.to_string())?;
+    let out = Command::new(&cairn)
+        .args(["cat", &text, "--data-dir", path(&forged)?])
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && err.contains("wrong token"),
+        "{err}"
+    );
 
     // Another key does not open it.
     let wrong = seal::Handle {

@@ -1,0 +1,578 @@
+//! The control API of a running node: HTTP/1.1 with JSON, on loopback only,
+//! so that `cairn add`, `get` and `cat` on the same machine work through the
+//! node instead of starting a client of their own.
+//!
+//! The node writes `<data dir>/api` (mode 0600): `{"url": …, "token": …}`.
+//! Every request carries `Authorization: Bearer <token>`, so only users who
+//! can read the data directory can use the node (a web page cannot either).
+//! Paths in requests are the node's to open: the commands send absolute
+//! paths of the same machine. docs/PROTOCOL.md §11 lists the endpoints.
+
+use std::io::{self, BufRead as _, BufReader, Read as _, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail, ensure};
+use axum::body::{Body, Bytes};
+use axum::extract::{Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use cairn_protocol::erasure::Scheme;
+use cairn_protocol::seal::{Handle as SealHandle, Key, Target};
+use futures::StreamExt as _;
+use rand::RngCore as _;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::add::Options;
+use crate::client::{self, Content, GetOptions, Input};
+use crate::node::Handle;
+
+/// The file in the data directory that says where the API is.
+pub const API_FILE: &str = "api";
+/// Bytes of content per chunk streamed by `/v1/cat`.
+const CAT_CHUNK: usize = 256 << 10;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApiFile {
+    pub url: String,
+    pub token: String,
+}
+
+/// What to add, as `cairn add` takes it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AddRequest {
+    /// A file or directory, or with `car` a CAR file; absolute.
+    pub path: PathBuf,
+    #[serde(default)]
+    pub recursive: bool,
+    #[serde(default)]
+    pub hidden: bool,
+    #[serde(default)]
+    pub car: bool,
+    /// Seal the file with a fresh key; the result carries the handle.
+    #[serde(default)]
+    pub encrypt: bool,
+    pub scheme: Scheme,
+    pub days: u64,
+}
+
+/// What an add did, as `cairn add --json` prints it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AddResult {
+    /// The root CID (of the ciphertext, for sealed content).
+    pub cid: String,
+    /// What `get` and `cat` take: the CID, or for sealed content CID and key.
+    pub handle: String,
+    pub manifest: String,
+    pub bytes: u64,
+    pub segments: usize,
+    pub pieces: usize,
+    pub scheme: String,
+    pub replaced_nodes: usize,
+    pub manifest_copies: usize,
+    pub already_stored: bool,
+}
+
+/// One line of the `/v1/add` answer (newline-delimited JSON).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AddEvent {
+    Hashed { total: u64 },
+    Placed { done: u64 },
+    Added(AddResult),
+    Error { message: String },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GetRequest {
+    /// A CID or a sealed-content handle.
+    pub target: String,
+    /// Where the node writes the content; absolute, must not exist.
+    pub output: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CatQuery {
+    pub target: String,
+    #[serde(default)]
+    pub offset: u64,
+    pub length: Option<u64>,
+}
+
+/// Adds what `req` names through `net`: the one add behind the command
+/// line and the API.
+pub async fn add(
+    net: &Handle,
+    req: &AddRequest,
+    progress: impl Fn(client::Progress),
+) -> Result<AddResult> {
+    ensure!(
+        (1..=365).contains(&req.days),
+        "days must be 1 to 365, not {}",
+        req.days
+    );
+    let mut key = None;
+    let input = if req.car {
+        Input::Car(req.path.clone())
+    } else if req.encrypt {
+        let mut k = [0; 32];
+        rand::rngs::OsRng.fill_bytes(&mut k);
+        key = Some(Key(k));
+        Input::Sealed {
+            path: req.path.clone(),
+            key: Key(k),
+        }
+    } else {
+        Input::Path {
+            path: req.path.clone(),
+            options: Options {
+                recursive: req.recursive,
+                hidden: req.hidden,
+            },
+        }
+    };
+    let options = client::AddOptions {
+        scheme: req.scheme,
+        term: Duration::from_secs(req.days * 86_400),
+        ..Default::default()
+    };
+    let added = client::add(net, input, &options, progress).await?;
+    let handle = match key {
+        Some(key) => Target::Sealed(SealHandle {
+            root: added.root,
+            key,
+        }),
+        None => Target::Plain(added.root),
+    };
+    Ok(AddResult {
+        cid: added.root.to_string(),
+        handle: handle.to_string(),
+        manifest: added.manifest.to_string(),
+        bytes: added.bytes,
+        segments: added.segments,
+        pieces: added.pieces,
+        scheme: req.scheme.to_string(),
+        replaced_nodes: added.replaced,
+        manifest_copies: added.manifest_holders,
+        already_stored: added.already_stored,
+    })
+}
+
+// ---- the server, in the node ----
+
+/// The API of a running node; [`Server::stop`] removes its file.
+pub struct Server {
+    pub url: String,
+    file: PathBuf,
+    shutdown: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Clone)]
+struct Ctx {
+    net: Handle,
+    token: String,
+}
+
+/// Serves the API of `net` on `listen` (a loopback address) and writes
+/// `<data_dir>/api`.
+pub async fn serve(net: Handle, listen: SocketAddr, data_dir: &Path) -> Result<Server> {
+    ensure!(
+        listen.ip().is_loopback(),
+        "the control API listens on loopback only, not {listen}"
+    );
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen} for the control API"))?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let mut token = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut token);
+    let token = data_encoding::HEXLOWER.encode(&token);
+    let file = data_dir.join(API_FILE);
+    let json = serde_json::to_vec(&ApiFile {
+        url: url.clone(),
+        token: token.clone(),
+    })?;
+    write_private(&file, &json)?;
+
+    let ctx = Ctx { net, token };
+    let app = Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/add", post(add_route))
+        .route("/v1/get", post(get_route))
+        .route("/v1/cat", get(cat_route))
+        .layer(middleware::from_fn_with_state(ctx.clone(), auth))
+        .with_state(ctx);
+    let (shutdown, stop) = oneshot::channel();
+    let task = tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stop.await;
+            })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "control API stopped");
+        }
+    });
+    Ok(Server {
+        url,
+        file,
+        shutdown,
+        task,
+    })
+}
+
+/// Writes `path` readable by its owner only, whole or not at all.
+fn write_private(path: &Path, data: &[u8]) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("cannot create {}", tmp.display()))?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+}
+
+impl Server {
+    pub async fn stop(self) {
+        let _ = std::fs::remove_file(&self.file);
+        let _ = self.shutdown.send(());
+        // Requests in flight (a long add) are not waited for.
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
+
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
+    }
+}
+
+fn bad(e: impl std::fmt::Display) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, e.to_string())
+}
+
+/// A failure to find or read content: 404 when the network lacks it.
+fn failed(e: anyhow::Error) -> ApiError {
+    let message = format!("{e:#}");
+    let status = if message.contains("unknown to the network") {
+        StatusCode::NOT_FOUND
+    } else {
+        StatusCode::INTERNAL_SERVER_ERROR
+    };
+    ApiError(status, message)
+}
+
+async fn auth(State(ctx): State<Ctx>, req: Request, next: Next) -> Response {
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if given != Some(ctx.token.as_str()) {
+        return ApiError(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong token: it is in the node's data directory, file `api`".into(),
+        )
+        .into_response();
+    }
+    next.run(req).await
+}
+
+async fn status(State(ctx): State<Ctx>) -> Result<Json<serde_json::Value>, ApiError> {
+    let s = ctx.net.status().await.map_err(|e| failed(e.into()))?;
+    Ok(Json(serde_json::json!({
+        "peer_id": ctx.net.peer_id().to_string(),
+        "connected_peers": s.connected_peers,
+        "pieces": s.pieces,
+        "used": s.used,
+        "capacity": s.capacity,
+    })))
+}
+
+fn absolute(path: &Path) -> Result<(), ApiError> {
+    if path.is_absolute() {
+        Ok(())
+    } else {
+        Err(bad(format!("{} is not an absolute path", path.display())))
+    }
+}
+
+async fn add_route(
+    State(ctx): State<Ctx>,
+    Json(req): Json<AddRequest>,
+) -> Result<Response, ApiError> {
+    absolute(&req.path)?;
+    let (tx, rx) = mpsc::unbounded_channel::<AddEvent>();
+    tokio::spawn(async move {
+        // Progress is sent only when it moves on by a chunk or more.
+        let sent = std::sync::atomic::AtomicU64::new(0);
+        let progress = |p: client::Progress| {
+            let event = match p {
+                client::Progress::Hashed { total } => AddEvent::Hashed { total },
+                client::Progress::Placed { done } => {
+                    let last = sent.load(std::sync::atomic::Ordering::Relaxed);
+                    if done < last + (1 << 20) {
+                        return;
+                    }
+                    sent.store(done, std::sync::atomic::Ordering::Relaxed);
+                    AddEvent::Placed { done }
+                }
+            };
+            let _ = tx.send(event);
+        };
+        let last = match add(&ctx.net, &req, progress).await {
+            Ok(r) => AddEvent::Added(r),
+            Err(e) => AddEvent::Error {
+                message: format!("{e:#}"),
+            },
+        };
+        let _ = tx.send(last);
+    });
+    let lines = futures::stream::unfold(rx, |mut rx| async move {
+        let event = rx.recv().await?;
+        let mut line = serde_json::to_vec(&event).unwrap_or_default();
+        line.push(b'\n');
+        Some((Ok::<_, io::Error>(Bytes::from(line)), rx))
+    });
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(lines),
+    )
+        .into_response())
+}
+
+async fn open(net: &Handle, target: &str) -> Result<Content, ApiError> {
+    let target: Target = target.parse().map_err(bad)?;
+    Content::open(net, target, GetOptions::default())
+        .await
+        .map_err(failed)
+}
+
+async fn get_route(
+    State(ctx): State<Ctx>,
+    Json(req): Json<GetRequest>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    absolute(&req.output)?;
+    let content = open(&ctx.net, &req.target).await?;
+    let output = req.output.clone();
+    tokio::task::spawn_blocking(move || content.save(&output))
+        .await
+        .map_err(|e| failed(e.into()))?
+        .map_err(failed)?;
+    Ok(Json(serde_json::json!({ "output": req.output })))
+}
+
+/// Sends what is written to it down a channel in [`CAT_CHUNK`]s.
+struct ChannelWriter {
+    tx: mpsc::Sender<io::Result<Bytes>>,
+    buf: Vec<u8>,
+}
+
+impl ChannelWriter {
+    fn send(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = Bytes::from(std::mem::replace(
+            &mut self.buf,
+            Vec::with_capacity(CAT_CHUNK),
+        ));
+        self.tx
+            .blocking_send(Ok(chunk))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the reader went away"))
+    }
+}
+
+impl Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = data.len().min(CAT_CHUNK - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() == CAT_CHUNK {
+            self.send()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.send()
+    }
+}
+
+/// Streams content. Errors before the first chunk are answered as errors;
+/// a later one cuts the stream short (and is logged).
+async fn cat_route(
+    State(ctx): State<Ctx>,
+    Query(q): Query<CatQuery>,
+) -> Result<Response, ApiError> {
+    let content = open(&ctx.net, &q.target).await?;
+    let (tx, mut rx) = mpsc::channel(4);
+    let errors = tx.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut out = ChannelWriter {
+            tx,
+            buf: Vec::with_capacity(CAT_CHUNK),
+        };
+        if let Err(e) = content
+            .read(q.offset, q.length, &mut out)
+            .and_then(|()| Ok(out.flush()?))
+        {
+            tracing::warn!(target = %q.target, error = %format!("{e:#}"), "cat failed");
+            let _ = errors.blocking_send(Err(io::Error::other(format!("{e:#}"))));
+        }
+    });
+    let first = match rx.recv().await {
+        None => Bytes::new(),
+        Some(Ok(chunk)) => chunk,
+        Some(Err(e)) => return Err(failed(e.into())),
+    };
+    let rest = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    let body = futures::stream::once(async move { Ok(first) }).chain(rest);
+    Ok(Body::from_stream(body).into_response())
+}
+
+// ---- the client, in the commands ----
+
+/// A running node's API, found through its data directory.
+pub struct Remote {
+    agent: ureq::Agent,
+    api: ApiFile,
+}
+
+impl Remote {
+    /// The API of the node whose data directory is `data_dir`, if one is
+    /// running there (a file left by a node that crashed is ignored).
+    pub fn find(data_dir: &Path) -> Result<Option<Remote>> {
+        let path = data_dir.join(API_FILE);
+        let text = match std::fs::read(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        };
+        let api: ApiFile = serde_json::from_slice(&text)
+            .with_context(|| format!("{} is not a control API file", path.display()))?;
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .new_agent();
+        let remote = Remote { agent, api };
+        let probe = remote
+            .agent
+            .get(remote.url("status"))
+            .header("Authorization", remote.bearer())
+            .call();
+        match remote.call(probe) {
+            Ok(_) => Ok(Some(remote)),
+            Err(e) if format!("{e:#}").contains("onnection refused") => Ok(None),
+            Err(e) => Err(e.context(format!("the node's API at {} failed", remote.api.url))),
+        }
+    }
+
+    fn url(&self, endpoint: &str) -> String {
+        format!("{}/v1/{endpoint}", self.api.url)
+    }
+
+    fn bearer(&self) -> String {
+        format!("Bearer {}", self.api.token)
+    }
+
+    /// The response when it is a success; the node's error otherwise.
+    fn call(
+        &self,
+        sent: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<ureq::http::Response<ureq::Body>> {
+        let mut resp =
+            sent.with_context(|| format!("cannot reach the node at {}", self.api.url))?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let text = resp.body_mut().read_to_string().unwrap_or_default();
+        let message = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+            .unwrap_or(text);
+        bail!("{message}")
+    }
+
+    pub fn add(&self, req: &AddRequest, mut progress: impl FnMut(&AddEvent)) -> Result<AddResult> {
+        let sent = self
+            .agent
+            .post(self.url("add"))
+            .header("Authorization", self.bearer())
+            .send_json(req);
+        let resp = self.call(sent)?;
+        let mut lines = BufReader::new(resp.into_body().into_reader());
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if lines.read_line(&mut line)? == 0 {
+                bail!("the node stopped answering before the add finished");
+            }
+            let event: AddEvent = serde_json::from_str(&line)
+                .context("the node sent a line that is not an add event")?;
+            match event {
+                AddEvent::Added(result) => return Ok(result),
+                AddEvent::Error { message } => bail!("{message}"),
+                other => progress(&other),
+            }
+        }
+    }
+
+    pub fn get(&self, target: &Target, output: &Path) -> Result<()> {
+        let sent = self
+            .agent
+            .post(self.url("get"))
+            .header("Authorization", self.bearer())
+            .send_json(GetRequest {
+                target: target.to_string(),
+                output: output.to_path_buf(),
+            });
+        self.call(sent).map(drop)
+    }
+
+    pub fn cat(
+        &self,
+        target: &Target,
+        offset: u64,
+        length: Option<u64>,
+        out: &mut impl Write,
+    ) -> Result<()> {
+        let mut req = self
+            .agent
+            .get(self.url("cat"))
+            .header("Authorization", self.bearer())
+            .query("target", target.to_string())
+            .query("offset", offset.to_string());
+        if let Some(l) = length {
+            req = req.query("length", l.to_string());
+        }
+        let resp = self.call(req.call())?;
+        let mut body = resp.into_body().into_reader();
+        let mut buf = vec![0; 1 << 20];
+        loop {
+            let n = body
+                .read(&mut buf)
+                .context("the node stopped sending the content (its log says why)")?;
+            if n == 0 {
+                return Ok(());
+            }
+            out.write_all(&buf[..n])
+                .context("cannot write the output")?;
+        }
+    }
+}
