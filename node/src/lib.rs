@@ -9,6 +9,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod devnet;
+pub mod direct;
 pub mod identity;
 pub mod net;
 pub mod node;

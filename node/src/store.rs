@@ -24,7 +24,7 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File};
-use std::io::{self, Read as _, Write as _};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -36,6 +36,8 @@ use cairn_protocol::wire::{RejectReason, Transfer, TransferError};
 use cid::Cid;
 use redb::{Database, Durability, ReadableDatabase as _, ReadableTable as _, TableDefinition};
 use serde::{Deserialize, Serialize};
+
+use crate::direct;
 
 const PIECES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("pieces-0");
 const EXPIRY: TableDefinition<(u64, &[u8]), ()> = TableDefinition::new("expiry-0");
@@ -847,10 +849,15 @@ fn list_dir(dir: &Path) -> Result<Vec<PathBuf>, Error> {
     Ok(out)
 }
 
+/// Writes `path` and syncs it, bypassing the page cache where the file
+/// system allows (see [`crate::direct`]).
 fn write_synced(path: &Path, data: &[u8]) -> Result<(), Error> {
-    let mut f = File::create(path).map_err(io_err("create", path))?;
-    f.write_all(data).map_err(io_err("write", path))?;
-    f.sync_all().map_err(io_err("fsync", path))
+    direct::write_file(path, data).map_err(io_err("write", path))
+}
+
+/// Reads a file of at most `max` bytes (a longer file reads as damaged).
+fn read_limited(path: &Path, max: u64) -> io::Result<Vec<u8>> {
+    direct::read_file(path, max.min(MAX_PIECE_SIZE))
 }
 
 fn sync_dir(dir: &Path) -> Result<(), Error> {
@@ -859,13 +866,6 @@ fn sync_dir(dir: &Path) -> Result<(), Error> {
         .map_err(io_err("fsync", dir))
 }
 
-/// Reads a file of at most `max` bytes (a longer file reads as damaged).
-fn read_limited(path: &Path, max: u64) -> io::Result<Vec<u8>> {
-    let f = File::open(path)?;
-    let mut data = Vec::with_capacity(max.min(MAX_PIECE_SIZE) as usize);
-    f.take(max + 1).read_to_end(&mut data)?;
-    Ok(data)
-}
 
 #[cfg(test)]
 mod tests {

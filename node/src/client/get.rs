@@ -1,8 +1,8 @@
 //! `cairn get` and `cairn cat`: content out of the network.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::fs::{self, File};
-use std::io::{self, BufWriter, Write};
+use std::fs;
+use std::io::{self, Write};
 use std::ops::Range;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -22,6 +22,7 @@ use libp2p::PeerId;
 use tokio::task::JoinHandle;
 
 use super::{DEFAULT_HEDGE_AFTER, find_manifest, lock};
+use crate::direct;
 use crate::node::Handle;
 
 #[derive(Debug, Clone)]
@@ -219,19 +220,17 @@ fn save(source: &mut NetSource<'_>, cid: &Cid, path: &Path) -> Result<()> {
 
 /// Writes a file through `write` as `path.part`, synced and renamed to
 /// `path` once complete; removes the part on failure.
-fn write_file(path: &Path, write: impl FnOnce(&mut BufWriter<File>) -> Result<()>) -> Result<()> {
+fn write_file(path: &Path, write: impl FnOnce(&mut direct::Writer) -> Result<()>) -> Result<()> {
     let part = path.with_extension(match path.extension() {
         Some(e) => format!("{}.part", e.to_string_lossy()),
         None => "part".into(),
     });
-    let file = File::create(&part).with_context(|| format!("cannot create {}", part.display()))?;
-    let mut out = BufWriter::with_capacity(1 << 20, file);
+    let mut out = direct::Writer::create(&part)
+        .with_context(|| format!("cannot create {}", part.display()))?;
     let written = write(&mut out).and_then(|()| {
-        out.flush()
-            .and_then(|()| out.get_ref().sync_all())
+        out.finish()
             .with_context(|| format!("cannot write {}", part.display()))
     });
-    drop(out);
     match written {
         Ok(()) => {
             fs::rename(&part, path).with_context(|| format!("cannot rename {}", part.display()))

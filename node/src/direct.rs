@@ -1,0 +1,196 @@
+//! Whole-file writes and reads that bypass the page cache (O_DIRECT) where
+//! the file system allows, falling back to ordinary IO where it does not
+//! (tmpfs answers EINVAL).
+//!
+//! Pieces and fetched content are written once and rarely reread soon, so
+//! the cache buys little; copying every byte through it cost more CPU than
+//! all the rest of storing a piece on the project machine (buffered writes
+//! ≈ 3.5 s of kernel time per GiB, direct ≈ 0.1 s; docs/BENCHMARKS.md).
+
+use std::fs::{self, File};
+use std::io::{self, Read as _, Write};
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::{Path, PathBuf};
+
+/// Direct IO moves whole blocks, between memory aligned to them and the
+/// disk; 4096 covers the block sizes of common disks and file systems.
+const ALIGN: usize = 4096;
+/// Bytes a [`Writer`] gathers before writing.
+const WRITER_CHUNK: usize = 4 << 20;
+
+fn is_unsupported(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::EINVAL)
+}
+
+/// A zeroed buffer with `len` bytes aligned to [`ALIGN`]: the vector and
+/// where the aligned part starts.
+fn aligned(len: usize) -> (Vec<u8>, usize) {
+    let buf = vec![0u8; len + ALIGN];
+    let start = buf.as_ptr().align_offset(ALIGN);
+    (buf, start)
+}
+
+fn round_up(n: usize) -> usize {
+    n.div_ceil(ALIGN) * ALIGN
+}
+
+fn open(path: &Path, write: bool, direct: bool) -> io::Result<File> {
+    let mut options = fs::OpenOptions::new();
+    if write {
+        options.write(true).create(true).truncate(true);
+    } else {
+        options.read(true);
+    }
+    if direct {
+        options.custom_flags(libc::O_DIRECT);
+    }
+    options.open(path)
+}
+
+/// Writes `data` as `path` (created or truncated) and syncs it.
+pub fn write_file(path: &Path, data: &[u8]) -> io::Result<()> {
+    let mut w = Writer::create(path)?;
+    w.write_all(data)?;
+    w.finish()
+}
+
+/// Reads `path`, at most `max + 1` bytes (so that a file longer than `max`
+/// shows as such, without reading more).
+pub fn read_file(path: &Path, max: u64) -> io::Result<Vec<u8>> {
+    match read_direct(path, max) {
+        Err(e) if is_unsupported(&e) => {}
+        other => return other,
+    }
+    let f = open(path, false, false)?;
+    let mut data = Vec::new();
+    f.take(max.saturating_add(1)).read_to_end(&mut data)?;
+    Ok(data)
+}
+
+fn read_direct(path: &Path, max: u64) -> io::Result<Vec<u8>> {
+    let mut f = open(path, false, true)?;
+    let want = usize::try_from(f.metadata()?.len().min(max.saturating_add(1)))
+        .map_err(io::Error::other)?;
+    let padded = round_up(want);
+    let (mut buf, start) = aligned(padded);
+    let mut got = 0;
+    // Reads end short only at the end of the file.
+    while got < want {
+        match f.read(&mut buf[start + got..start + padded]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(start + got.min(want));
+    buf.drain(..start);
+    Ok(buf)
+}
+
+/// A file written front to back in aligned chunks; [`Writer::finish`]
+/// writes the rest, cuts the padding and syncs.
+pub struct Writer {
+    path: PathBuf,
+    file: File,
+    direct: bool,
+    buf: Vec<u8>,
+    start: usize,
+    filled: usize,
+    written: u64,
+}
+
+impl Writer {
+    /// Creates (or truncates) `path`.
+    pub fn create(path: &Path) -> io::Result<Writer> {
+        let (file, direct) = match open(path, true, true) {
+            Ok(f) => (f, true),
+            Err(e) if is_unsupported(&e) => (open(path, true, false)?, false),
+            Err(e) => return Err(e),
+        };
+        let (buf, start) = aligned(WRITER_CHUNK);
+        Ok(Writer {
+            path: path.to_path_buf(),
+            file,
+            direct,
+            buf,
+            start,
+            filled: 0,
+            written: 0,
+        })
+    }
+
+    /// Writes the gathered bytes: whole blocks, padded when `last`.
+    fn write_out(&mut self, last: bool) -> io::Result<()> {
+        let len = if self.direct && last {
+            round_up(self.filled)
+        } else {
+            self.filled
+        };
+        let chunk = &self.buf[self.start..self.start + len];
+        match self.file.write_all(chunk) {
+            // Some file systems take O_DIRECT at open and refuse the write.
+            Err(e) if self.direct && self.written == 0 && is_unsupported(&e) => {
+                self.file = open(&self.path, true, false)?;
+                self.direct = false;
+                self.file
+                    .write_all(&self.buf[self.start..self.start + self.filled])?;
+            }
+            r => r?,
+        }
+        self.written += self.filled as u64;
+        self.filled = 0;
+        Ok(())
+    }
+
+    pub fn finish(mut self) -> io::Result<()> {
+        self.write_out(true)?;
+        if self.direct {
+            self.file.set_len(self.written)?;
+        }
+        self.file.sync_all()
+    }
+}
+
+impl Write for Writer {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = data.len().min(WRITER_CHUNK - self.filled);
+        let at = self.start + self.filled;
+        self.buf[at..at + n].copy_from_slice(&data[..n]);
+        self.filled += n;
+        if self.filled == WRITER_CHUNK {
+            self.write_out(false)?;
+        }
+        Ok(n)
+    }
+
+    /// Bytes are written in whole chunks; [`Writer::finish`] writes the rest.
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_of_any_length_round_trip_and_reads_stop_past_max() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for len in [0, 1, ALIGN - 1, ALIGN, ALIGN + 1, WRITER_CHUNK + 3] {
+            let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let path = dir.path().join(format!("f{len}"));
+            write_file(&path, &data).expect("write");
+            assert_eq!(fs::metadata(&path).expect("stat").len(), len as u64);
+            assert_eq!(read_file(&path, len as u64).expect("read"), data);
+            if len > 0 {
+                // One byte past a smaller `max`, no more.
+                let short = read_file(&path, len as u64 - 1).expect("read");
+                assert_eq!(short, data);
+            }
+            if len > 2 {
+                assert_eq!(read_file(&path, 1).expect("read"), data[..2]);
+            }
+        }
+    }
+}
