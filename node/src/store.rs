@@ -866,7 +866,6 @@ fn sync_dir(dir: &Path) -> Result<(), Error> {
         .map_err(io_err("fsync", dir))
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

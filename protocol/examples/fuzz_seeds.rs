@@ -68,7 +68,7 @@ fn main() -> std::io::Result<()> {
         wire::encode(&StoreRequest::TransferV1(Transfer {
             piece,
             nonce: [3; 16],
-            data: ByteBuf::from(vec![7; 64]),
+            data: vec![7; 64].into(),
         })),
     )?;
     write("stored", wire::encode(&StoreResponse::StoredV1(receipt)))?;

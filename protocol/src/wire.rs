@@ -12,6 +12,7 @@
 
 use std::io::{Read, Write};
 
+use bytes::Bytes;
 use cid::Cid;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -34,6 +35,12 @@ const MAX_PIECE: usize = MAX_PIECE_SIZE as usize;
 pub trait Message: Serialize + DeserializeOwned {
     /// Largest encoded message (without its length prefix) accepted or sent.
     const MAX_SIZE: usize;
+
+    /// Bytes of bulk data the message carries, so that encoding allocates
+    /// once.
+    fn payload_len(&self) -> usize {
+        0
+    }
 }
 
 // --- /cairn/store/1.0.0: storage negotiation and piece transfer ---
@@ -55,7 +62,8 @@ pub struct Transfer {
     pub piece: Cid,
     #[serde(with = "serde_bytes")]
     pub nonce: [u8; 16],
-    pub data: ByteBuf,
+    /// Shared, not copied, between attempts to store the piece.
+    pub data: Bytes,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -106,6 +114,13 @@ pub enum TransferError {
 
 impl Message for StoreRequest {
     const MAX_SIZE: usize = MAX_PIECE + ENVELOPE;
+
+    fn payload_len(&self) -> usize {
+        match self {
+            StoreRequest::TransferV1(t) => t.data.len(),
+            StoreRequest::OfferV1(_) => 0,
+        }
+    }
 }
 impl Message for StoreResponse {
     const MAX_SIZE: usize = ENVELOPE;
@@ -160,6 +175,14 @@ impl Message for FetchResponse {
     } else {
         MAX_PIECE + MAX_PIECE / 16 + ENVELOPE
     };
+
+    fn payload_len(&self) -> usize {
+        match self {
+            FetchResponse::PieceV1 { data } | FetchResponse::ManifestV1 { data } => data.len(),
+            FetchResponse::RangeV1 { encoded, .. } => encoded.len(),
+            FetchResponse::NotFoundV1 | FetchResponse::FailedV1 { .. } => 0,
+        }
+    }
 }
 
 // --- /cairn/audit/1.0.0: proofs of storage ---
@@ -205,7 +228,8 @@ pub enum WireError {
 
 /// Encodes a message body, refusing one over its limit.
 pub fn encode<M: Message>(msg: &M) -> Result<Vec<u8>, WireError> {
-    let body = serde_ipld_dagcbor::to_vec(msg).map_err(|e| WireError::Encode(e.to_string()))?;
+    let mut body = Vec::with_capacity(msg.payload_len().saturating_add(1024).min(M::MAX_SIZE));
+    serde_ipld_dagcbor::to_writer(&mut body, msg).map_err(|e| WireError::Encode(e.to_string()))?;
     if body.len() > M::MAX_SIZE {
         return Err(WireError::TooLarge {
             len: body.len(),
@@ -279,7 +303,7 @@ mod tests {
         round_trip(StoreRequest::TransferV1(Transfer {
             piece,
             nonce: [7; 16],
-            data: ByteBuf::from(b"p".to_vec()),
+            data: Bytes::from(b"p".to_vec()),
         }));
         round_trip(StoreResponse::AcceptedV1 { reserved_until: 9 });
         for reason in [
@@ -348,7 +372,7 @@ mod tests {
             let decoded = |b: Vec<u8>| ByteBuf::from(b);
             for msg in [
                 StoreRequest::OfferV1(terms.clone()),
-                StoreRequest::TransferV1(Transfer { piece, nonce, data: decoded(data.clone()) }),
+                StoreRequest::TransferV1(Transfer { piece, nonce, data: Bytes::from(data.clone()) }),
             ] {
                 proptest::prop_assert_eq!(decode::<StoreRequest>(&encode(&msg).expect("fits")).expect("decodes"), msg);
             }
@@ -379,7 +403,7 @@ mod tests {
         let big = StoreRequest::TransferV1(Transfer {
             piece: piece_cid(b""),
             nonce: [0; 16],
-            data: ByteBuf::from(vec![0; MAX_PIECE + ENVELOPE]),
+            data: Bytes::from(vec![0; MAX_PIECE + ENVELOPE]),
         });
         assert!(matches!(encode(&big), Err(WireError::TooLarge { .. })));
         // A length prefix over the limit is refused before reading the body.
@@ -406,7 +430,7 @@ mod tests {
         let transfer = StoreRequest::TransferV1(Transfer {
             piece: piece_cid(&piece),
             nonce: [0; 16],
-            data: ByteBuf::from(piece),
+            data: Bytes::from(piece),
         });
         assert!(
             encode(&transfer).is_ok(),

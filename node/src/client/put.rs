@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
+use bytes::Bytes;
 use cairn_protocol::car::CarReader;
 use cairn_protocol::erasure::Scheme;
 use cairn_protocol::manifest::{
@@ -341,25 +342,24 @@ async fn place_segment(shared: Arc<Shared>, segment: EncodedSegment) -> Result<(
         .iter()
         .map(|p| p.1.len() as u64)
         .sum();
-    let pieces: Vec<(Cid, Arc<Vec<u8>>)> = segment
+    let mut pieces: Vec<(Cid, Bytes)> = segment
         .pieces
         .into_iter()
-        .map(|(cid, data)| (cid, Arc::new(data)))
+        .map(|(cid, data)| (cid, Bytes::from(data)))
         .collect();
     let mut plan = Placement::new(n, shared.candidates(pieces[0].0).await?);
     let mut attempts = FuturesUnordered::new();
-    let attempt = |i: usize, peer: PeerId| {
-        let (cid, data) = pieces[i].clone();
+    let attempt = |i: usize, peer: PeerId, (cid, data): (Cid, Bytes)| {
         let shared = shared.clone();
         async move {
-            let result = upload(&shared.net, peer, cid, &data, shared.expires_at).await;
+            let result = upload(&shared.net, peer, cid, data, shared.expires_at).await;
             (i, peer, result)
         }
     };
     let mut last_error = String::from("no storage node found");
     for (i, (cid, _)) in pieces.iter().enumerate() {
         match next_node(&shared, &mut plan, i, *cid).await? {
-            Some(peer) => attempts.push(attempt(i, peer)),
+            Some(peer) => attempts.push(attempt(i, peer, pieces[i].clone())),
             None => bail!(
                 "segment {index}: its {n} pieces need {n} distinct storage nodes; found only {}",
                 plan.asked.len()
@@ -384,9 +384,13 @@ async fn place_segment(shared: Arc<Shared>, segment: EncodedSegment) -> Result<(
                         false
                     }
                 };
+                if ok {
+                    // Placed: its bytes are needed no more.
+                    pieces[i].1 = Bytes::new();
+                }
                 if plan.finish(i, ok) {
                     match next_node(&shared, &mut plan, i, pieces[i].0).await? {
-                        Some(peer) => attempts.push(attempt(i, peer)),
+                        Some(peer) => attempts.push(attempt(i, peer, pieces[i].clone())),
                         None => bail!(
                             "segment {index}: piece {} could not be placed: every storage node asked refused or failed (last: {last_error})",
                             pieces[i].0
@@ -398,7 +402,7 @@ async fn place_segment(shared: Arc<Shared>, segment: EncodedSegment) -> Result<(
                 for i in plan.stragglers(Instant::now(), shared.hedge_after) {
                     if let Some(peer) = plan.start(i, Instant::now()) {
                         tracing::info!(%peer, piece = %pieces[i].0, segment = index, "piece upload is slow; asking another node too");
-                        attempts.push(attempt(i, peer));
+                        attempts.push(attempt(i, peer, pieces[i].clone()));
                     }
                 }
             }
@@ -428,7 +432,7 @@ async fn upload(
     net: &Handle,
     peer: PeerId,
     piece: Cid,
-    data: &[u8],
+    data: Bytes,
     expires_at: u64,
 ) -> Result<()> {
     let mut nonce = [0u8; 16];
@@ -448,11 +452,7 @@ async fn upload(
         StoreResponse::RejectedV1(reason) => bail!("declined: {reason:?}"),
         other => bail!("unexpected answer to an offer: {other:?}"),
     }
-    let transfer = Transfer {
-        piece,
-        nonce,
-        data: data.to_vec().into(),
-    };
+    let transfer = Transfer { piece, nonce, data };
     match net.store(peer, StoreRequest::TransferV1(transfer)).await? {
         StoreResponse::StoredV1(receipt) => check_receipt(&receipt, &terms, &peer),
         StoreResponse::FailedV1(e) => bail!("transfer failed: {e:?}"),
@@ -482,7 +482,7 @@ fn check_receipt(receipt: &SignedReceipt, terms: &Terms, peer: &PeerId) -> Resul
 /// Stores the manifest on up to `copies` nodes closest to the content
 /// root; they announce the root. Returns how many hold it (at least one).
 async fn store_manifest(shared: &Shared, manifest: &Manifest, copies: usize) -> Result<usize> {
-    let bytes = manifest.encode();
+    let bytes = Bytes::from(manifest.encode());
     ensure!(
         bytes.len() as u64 <= MAX_PIECE_SIZE,
         "the manifest is {} bytes, over the {MAX_PIECE_SIZE}-byte limit of a piece: add content in smaller parts",
@@ -498,7 +498,7 @@ async fn store_manifest(shared: &Shared, manifest: &Manifest, copies: usize) -> 
             let Some(peer) = candidates.pop_front() else {
                 break;
             };
-            let (net, bytes) = (&shared.net, &bytes);
+            let (net, bytes) = (&shared.net, bytes.clone());
             attempts.push(
                 async move { (peer, upload(net, peer, cid, bytes, shared.expires_at).await) },
             );
