@@ -41,6 +41,81 @@ pub trait Message: Serialize + DeserializeOwned {
     fn payload_len(&self) -> usize {
         0
     }
+
+    /// The encoding in [`Parts`], for a message whose bulk data is shared
+    /// [`Bytes`]: written out without copying it. `None`: use [`encode`].
+    fn parts(&self) -> Option<Result<Parts, WireError>> {
+        None
+    }
+}
+
+/// A message's encoding as `head ‖ payload ‖ tail`, the payload (a byte
+/// string's contents) by reference.
+#[derive(Debug)]
+pub struct Parts {
+    pub head: Vec<u8>,
+    pub payload: Bytes,
+    pub tail: Vec<u8>,
+}
+
+impl Parts {
+    pub fn len(&self) -> usize {
+        self.head.len() + self.payload.len() + self.tail.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Splits the encoding of `msg` around `payload`, given `with`, which
+    /// builds the message around any payload. The encodings with an empty
+    /// and a one-byte payload differ first at the payload's byte-string
+    /// header; the real header goes there.
+    fn split<M: Message>(with: impl Fn(Bytes) -> M, payload: Bytes) -> Result<Parts, WireError> {
+        let empty = encode(&with(Bytes::new()))?;
+        let one = encode(&with(Bytes::from_static(&[0])))?;
+        let at = empty
+            .iter()
+            .zip(&one)
+            .position(|(a, b)| a != b)
+            .filter(|&i| empty[i] == 0x40 && one[i] == 0x41)
+            .ok_or_else(|| WireError::Encode("payload not found in the encoding".into()))?;
+        let mut head = empty[..at].to_vec();
+        byte_string_header(payload.len() as u64, &mut head);
+        let parts = Parts {
+            head,
+            payload,
+            tail: empty[at + 1..].to_vec(),
+        };
+        if parts.len() > M::MAX_SIZE {
+            return Err(WireError::TooLarge {
+                len: parts.len(),
+                max: M::MAX_SIZE,
+            });
+        }
+        Ok(parts)
+    }
+}
+
+/// The CBOR header of a byte string of `len` bytes, in its shortest form
+/// (as DAG-CBOR requires).
+fn byte_string_header(len: u64, out: &mut Vec<u8>) {
+    match len {
+        0..=23 => out.push(0x40 | len as u8),
+        24..=0xff => out.extend([0x58, len as u8]),
+        0x100..=0xffff => {
+            out.push(0x59);
+            out.extend((len as u16).to_be_bytes());
+        }
+        0x1_0000..=0xffff_ffff => {
+            out.push(0x5a);
+            out.extend((len as u32).to_be_bytes());
+        }
+        _ => {
+            out.push(0x5b);
+            out.extend(len.to_be_bytes());
+        }
+    }
 }
 
 // --- /cairn/store/1.0.0: storage negotiation and piece transfer ---
@@ -120,6 +195,20 @@ impl Message for StoreRequest {
             StoreRequest::TransferV1(t) => t.data.len(),
             StoreRequest::OfferV1(_) => 0,
         }
+    }
+
+    fn parts(&self) -> Option<Result<Parts, WireError>> {
+        let StoreRequest::TransferV1(t) = self else {
+            return None;
+        };
+        let with = |data| {
+            StoreRequest::TransferV1(Transfer {
+                piece: t.piece,
+                nonce: t.nonce,
+                data,
+            })
+        };
+        Some(Parts::split(with, t.data.clone()))
     }
 }
 impl Message for StoreResponse {
@@ -270,6 +359,27 @@ mod tests {
     use crate::block::piece_cid;
     use crate::proof::{self, AuditProof};
     use crate::record::{Receipt, Terms};
+
+    #[test]
+    fn parts_are_the_encoding_split_around_the_payload() {
+        for len in [0, 1, 23, 24, 255, 256, 65_535, 65_536, MAX_PIECE] {
+            let msg = StoreRequest::TransferV1(Transfer {
+                piece: piece_cid(b"x"),
+                nonce: [3; 16],
+                data: Bytes::from(vec![9; len]),
+            });
+            let parts = msg.parts().expect("a transfer has parts").expect("encodes");
+            let joined = [&parts.head[..], &parts.payload, &parts.tail].concat();
+            assert_eq!(joined, encode(&msg).expect("encodes"), "{len} bytes");
+        }
+        let offer = StoreRequest::OfferV1(Terms {
+            piece: piece_cid(b"x"),
+            size: 1,
+            expires_at: 2,
+            nonce: [0; 16],
+        });
+        assert!(offer.parts().is_none());
+    }
 
     fn round_trip<M: Message + PartialEq + Debug>(msg: M) {
         let mut buf = Vec::new();

@@ -45,8 +45,19 @@ async fn write<M: Message + Send, T: AsyncWrite + Unpin + Send>(
     io: &mut T,
     msg: M,
 ) -> io::Result<()> {
-    let body = wire::encode(&msg).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let invalid = |e| io::Error::new(io::ErrorKind::InvalidInput, e);
     let mut len = unsigned_varint::encode::usize_buffer();
+    // Bulk data goes out from where it is, not copied into a body first.
+    if let Some(parts) = msg.parts() {
+        let parts = parts.map_err(invalid)?;
+        io.write_all(unsigned_varint::encode::usize(parts.len(), &mut len))
+            .await?;
+        io.write_all(&parts.head).await?;
+        io.write_all(&parts.payload).await?;
+        io.write_all(&parts.tail).await?;
+        return io.close().await;
+    }
+    let body = wire::encode(&msg).map_err(invalid)?;
     io.write_all(unsigned_varint::encode::usize(body.len(), &mut len))
         .await?;
     io.write_all(&body).await?;
@@ -127,5 +138,24 @@ mod tests {
             .await
             .expect_err("over the limit");
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    }
+
+    #[tokio::test]
+    async fn a_transfer_written_in_parts_reads_back() {
+        use cairn_protocol::wire::{StoreRequest, StoreResponse, Transfer};
+        const S: StreamProtocol = StreamProtocol::new(wire::STORE_PROTOCOL);
+        let mut codec = Codec::<StoreRequest, StoreResponse>::default();
+        let req = StoreRequest::TransferV1(Transfer {
+            piece: cairn_protocol::block::piece_cid(b"x"),
+            nonce: [5; 16],
+            data: vec![7u8; 300_000].into(),
+        });
+        let mut buf = Cursor::new(Vec::new());
+        codec
+            .write_request(&S, &mut buf, req.clone())
+            .await
+            .expect("write");
+        let mut input = Cursor::new(buf.into_inner());
+        assert_eq!(codec.read_request(&S, &mut input).await.expect("read"), req);
     }
 }
