@@ -36,7 +36,7 @@ pub struct GetOptions {
 impl Default for GetOptions {
     fn default() -> Self {
         GetOptions {
-            segments_in_flight: 3,
+            segments_in_flight: 2,
             hedge_after: DEFAULT_HEDGE_AFTER,
         }
     }
