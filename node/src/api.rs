@@ -476,10 +476,15 @@ impl Remote {
             .get(remote.url("status"))
             .header("Authorization", remote.bearer())
             .call();
-        match remote.call(probe) {
-            Ok(_) => Ok(Some(remote)),
-            Err(e) if format!("{e:#}").contains("onnection refused") => Ok(None),
-            Err(e) => Err(e.context(format!("the node's API at {} failed", remote.api.url))),
+        match probe {
+            Err(ureq::Error::Io(e)) if e.kind() == io::ErrorKind::ConnectionRefused => Ok(None),
+            probe => {
+                let url = remote.api.url.clone();
+                remote
+                    .call(probe)
+                    .with_context(|| format!("the node's API at {url} failed"))?;
+                Ok(Some(remote))
+            }
         }
     }
 
