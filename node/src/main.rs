@@ -545,8 +545,21 @@ fn read_content(
     runtime()?.block_on(async {
         let (node, _dir) = client::ephemeral(bootstrap).await?;
         let result = async {
-            let content = client::Content::open(&node.handle, target, options).await?;
-            tokio::task::spawn_blocking(move || {
+            let content =
+                std::sync::Arc::new(client::Content::open(&node.handle, target, options).await?);
+            // `get` shows the bytes fetched of the content's stream.
+            let bar = progress_bar(output.is_some());
+            bar.set_length(content.manifest().stream_len);
+            let ticker = {
+                let (content, bar) = (content.clone(), bar.clone());
+                tokio::spawn(async move {
+                    loop {
+                        bar.set_position(content.stats().bytes);
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                })
+            };
+            let read = tokio::task::spawn_blocking(move || {
                 let result = match &output {
                     Some(path) => content.save(path),
                     None => {
@@ -565,8 +578,10 @@ fn read_content(
                 );
                 result
             })
-            .await
-            .context("read task failed")?
+            .await;
+            ticker.abort();
+            bar.finish_and_clear();
+            read.context("read task failed")?
         }
         .await;
         node.stop().await;

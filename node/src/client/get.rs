@@ -49,6 +49,8 @@ pub struct GetStats {
     pub segments: BTreeSet<u64>,
     /// Segment fetches, repeats included.
     pub segment_fetches: u64,
+    /// Bytes of the segments fetched, repeats included.
+    pub bytes: u64,
     /// Segments that needed decoding (a data piece was missing).
     pub decoded: u64,
     /// Holders dropped for sending bytes that do not match the piece CID.
@@ -438,6 +440,7 @@ async fn fetch_segment(
     let mut s = lock(&stats);
     s.segments.insert(index);
     s.segment_fetches += 1;
+    s.bytes += len;
     s.decoded += u64::from(decoded);
     Ok(Arc::new(segment))
 }
