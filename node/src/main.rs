@@ -121,7 +121,8 @@ struct AddArgs {
 
 #[derive(clap::Args)]
 struct GetArgs {
-    /// Seconds before a slow holder is backed up by fetching another piece.
+    /// Seconds before a slow holder is backed up by fetching another piece
+    /// (by a client of the command's own; a node uses its default).
     #[arg(long, default_value_t = client::DEFAULT_HEDGE_AFTER.as_secs_f64())]
     hedge_after: f64,
     #[command(flatten)]
