@@ -334,7 +334,12 @@ async fn add_route(
             };
             let _ = tx.send(event);
         };
-        let last = match add(&ctx.net, &req, progress).await {
+        // A caller that hangs up (Ctrl-C) stops the add.
+        let added = tokio::select! {
+            added = add(&ctx.net, &req, progress) => added,
+            () = tx.closed() => return,
+        };
+        let last = match added {
             Ok(r) => AddEvent::Added(r),
             Err(e) => AddEvent::Error {
                 message: format!("{e:#}"),
