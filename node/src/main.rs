@@ -529,11 +529,7 @@ fn read_content(
     if let Via::Node(node) = &via {
         return match &output {
             Some(path) => node.get(&target, path),
-            None => {
-                let mut out = BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
-                node.cat(&target, offset, length, &mut out)?;
-                out.flush().context("cannot write to stdout")
-            }
+            None => to_stdout(|out| node.cat(&target, offset, length, out)),
         };
     }
     let Via::Client(bootstrap) = via else {
@@ -563,12 +559,7 @@ fn read_content(
             let read = tokio::task::spawn_blocking(move || {
                 let result = match &output {
                     Some(path) => content.save(path),
-                    None => {
-                        let mut out = BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
-                        content
-                            .read(offset, length, &mut out)
-                            .and_then(|()| out.flush().context("cannot write to stdout"))
-                    }
+                    None => to_stdout(|out| content.read(offset, length, out)),
                 };
                 let stats = content.stats();
                 tracing::info!(
@@ -588,6 +579,15 @@ fn read_content(
         node.stop().await;
         result
     })
+}
+
+/// Runs `write` on buffered stdout and flushes it.
+fn to_stdout(
+    write: impl FnOnce(&mut BufWriter<std::io::StdoutLock<'static>>) -> Result<()>,
+) -> Result<()> {
+    let mut out = BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
+    write(&mut out)?;
+    out.flush().context("cannot write to stdout")
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
