@@ -268,7 +268,7 @@ fn bad(e: impl std::fmt::Display) -> ApiError {
 /// A failure to find or read content: 404 when the network lacks it.
 fn failed(e: anyhow::Error) -> ApiError {
     let message = format!("{e:#}");
-    let status = if message.contains("unknown to the network") {
+    let status = if e.downcast_ref::<client::Unknown>().is_some() {
         StatusCode::NOT_FOUND
     } else {
         StatusCode::INTERNAL_SERVER_ERROR

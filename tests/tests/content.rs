@@ -449,6 +449,14 @@ async fn sealed_content_round_trips_and_nodes_hold_no_plaintext() -> Result<()> 
     let out = via_node(&["get", &text, "-o", path(&got)?])?;
     ensure!(out.status.success() && std::fs::read(&got)? == data);
 
+    let unknown = import_file(&b"never added"[..], &mut cairn_protocol::unixfs::NullSink)?.cid;
+    let out = via_node(&["cat", &unknown.to_string()])?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && err.contains("unknown to the network"),
+        "{err}"
+    );
+
     // The API wants the token of the node's `api` file.
     let api: serde_json::Value = serde_json::from_slice(&std::fs::read(node0.join("api"))?)?;
     let forged = work.path().join("forged");

@@ -59,6 +59,11 @@ pub struct GetStats {
     pub slow: BTreeSet<PeerId>,
 }
 
+/// No node has a manifest of this content.
+#[derive(Debug, thiserror::Error)]
+#[error("{0} is unknown to the network: no node has its manifest")]
+pub struct Unknown(pub Cid);
+
 /// Blocks of a segment kept after it is read.
 const SEGMENTS_CACHED: usize = 2;
 /// Bytes of dag-pb blocks kept: the DAG's inner nodes, read out of order.
@@ -84,7 +89,7 @@ impl Content {
         let target = target.into();
         let root = target.root();
         let Some(manifest) = find_manifest(net, root).await? else {
-            bail!("{root} is unknown to the network: no node has its manifest");
+            return Err(Unknown(root).into());
         };
         Ok(Content {
             net: net.clone(),

@@ -22,7 +22,7 @@ use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
 use libp2p::PeerId;
 
-pub use get::{Content, GetOptions, GetStats};
+pub use get::{Content, GetOptions, GetStats, Unknown};
 pub use put::{AddOptions, Added, Input, Progress, add};
 
 use crate::node::Handle;
