@@ -10,12 +10,12 @@
 #![allow(clippy::print_stdout, clippy::unwrap_used)]
 
 use std::io::{BufRead as _, BufReader, Write as _};
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
+use cairn_tests::procs::bin;
 use futures::future::poll_fn;
 use futures::{AsyncReadExt as _, AsyncWriteExt as _, StreamExt as _};
 use libp2p::core::muxing::{StreamMuxerBox, StreamMuxerExt as _, SubstreamBox};
@@ -32,18 +32,6 @@ fn env_u64(name: &str, default: u64) -> Result<u64> {
         Ok(v) => v.parse().with_context(|| format!("{name}={v}")),
         Err(_) => Ok(default),
     }
-}
-
-fn bin(name: &str) -> Result<PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../target/release")
-        .join(name);
-    ensure!(
-        p.exists(),
-        "{} missing: run `cargo build --release --bins`",
-        p.display()
-    );
-    Ok(p)
 }
 
 // ---- the limit: one stream ----

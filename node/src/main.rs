@@ -518,22 +518,18 @@ fn read_content(
 ) -> Result<()> {
     let hedge_after = Duration::try_from_secs_f64(args.hedge_after)
         .context("--hedge-after must be a positive number of seconds")?;
-    let output = match output {
-        Some(o) => Some(
-            std::path::absolute(&o).with_context(|| format!("cannot resolve {}", o.display()))?,
-        ),
-        None => None,
-    };
+    let output = output
+        .map(|o| std::path::absolute(&o).with_context(|| format!("cannot resolve {}", o.display())))
+        .transpose()?;
     let (offset, length) = range;
-    let via = Via::choose(args.net)?;
-    if let Via::Node(node) = &via {
-        return match &output {
-            Some(path) => node.get(&target, path),
-            None => to_stdout(|out| node.cat(&target, offset, length, out)),
-        };
-    }
-    let Via::Client(bootstrap) = via else {
-        unreachable!("handled above")
+    let bootstrap = match Via::choose(args.net)? {
+        Via::Node(node) => {
+            return match &output {
+                Some(path) => node.get(&target, path),
+                None => to_stdout(|out| node.cat(&target, offset, length, out)),
+            };
+        }
+        Via::Client(bootstrap) => bootstrap,
     };
     let options = client::GetOptions {
         hedge_after,
