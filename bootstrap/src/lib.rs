@@ -77,7 +77,11 @@ impl Bootstrap {
             .map_err(|e| net_err(&e))?
             .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
             .build();
-        let listen_addrs = listen(&mut swarm, &config.listen).await?;
+        let listen_addrs = listen(&mut swarm, &config.listen)
+            .await?
+            .into_iter()
+            .map(|(_, addr)| addr)
+            .collect();
         for addr in &config.external {
             swarm.add_external_address(addr.clone());
         }

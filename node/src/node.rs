@@ -14,6 +14,7 @@ use cairn_protocol::wire::{
 };
 use cid::Cid;
 use futures::StreamExt as _;
+use libp2p::core::transport::ListenerId;
 use libp2p::identity::Keypair;
 use libp2p::kad::{self, QueryId, QueryResult, RecordKey};
 use libp2p::multiaddr::Protocol;
@@ -54,6 +55,65 @@ pub struct Config {
     pub expiry_interval: Duration,
     /// Misbehaviour for fault tests; `None` in real use.
     pub fault: Option<Fault>,
+    /// How the node reaches others. Default [`Transport::Network`].
+    pub transport: Transport,
+    /// The node's sense of time. Default [`Clock::real`].
+    pub clock: Clock,
+}
+
+/// How a node reaches other peers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// TCP and QUIC, and relayed connections through them: real networks.
+    Network,
+    /// libp2p's in-memory transport (`/memory/<n>` addresses), for many
+    /// nodes in one process. `noise: false` skips encryption (plaintext
+    /// handshake), which costs a sixth of what Noise does.
+    Memory { noise: bool },
+}
+
+/// Time as the node sees it: real time, or real time sped up by a whole
+/// factor from the moment the clock was made (the simulator's clock).
+/// Cairn's own timers (announcement, expiry sweep) and storage terms run on
+/// it; libp2p's internal timers (query and request timeouts, provider
+/// record TTLs) stay on real time.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    speed: u32,
+    origin: Instant,
+    origin_unix: u64,
+}
+
+impl Clock {
+    pub fn real() -> Self {
+        Clock::scaled(1)
+    }
+
+    /// A clock `speed` times faster than real time (at least 1), starting now.
+    pub fn scaled(speed: u32) -> Self {
+        Clock {
+            speed: speed.max(1),
+            origin: Instant::now(),
+            origin_unix: unix_now(),
+        }
+    }
+
+    pub fn speed(&self) -> u32 {
+        self.speed
+    }
+
+    /// Seconds since the Unix epoch, on this clock.
+    pub fn now(&self) -> u64 {
+        if self.speed == 1 {
+            return unix_now();
+        }
+        self.origin_unix + self.origin.elapsed().as_secs() * u64::from(self.speed)
+    }
+
+    /// How long `d` on this clock takes in real time.
+    pub fn to_real(&self, d: Duration) -> Duration {
+        d / self.speed
+    }
 }
 
 /// How a faulty node answers fetches, to test that clients cope.
@@ -81,6 +141,8 @@ impl Config {
             announce_concurrency: 32,
             expiry_interval: Duration::from_secs(600),
             fault: None,
+            transport: Transport::Network,
+            clock: Clock::real(),
         }
     }
 }
@@ -189,6 +251,18 @@ enum Command {
     Status {
         reply: oneshot::Sender<Status>,
     },
+    Routes {
+        peer: PeerId,
+        reply: oneshot::Sender<bool>,
+    },
+    Block {
+        peers: Vec<PeerId>,
+        blocked: bool,
+    },
+    Misbehave {
+        fault: Option<Fault>,
+        delay: Duration,
+    },
 }
 
 /// What the node is doing, for tests and the control API.
@@ -213,11 +287,17 @@ pub struct Status {
 pub struct Handle {
     peer_id: PeerId,
     commands: mpsc::Sender<Command>,
+    clock: Clock,
 }
 
 impl Handle {
     pub fn peer_id(&self) -> PeerId {
         self.peer_id
+    }
+
+    /// Seconds since the Unix epoch on the node's clock.
+    pub fn now(&self) -> u64 {
+        self.clock.now()
     }
 
     async fn call<T>(
@@ -287,6 +367,42 @@ impl Handle {
     pub async fn status(&self) -> Result<Status, RequestError> {
         self.call(|reply| Command::Status { reply }).await
     }
+
+    /// Whether `peer` is in the node's routing table.
+    pub async fn routes_to(&self, peer: PeerId) -> Result<bool, RequestError> {
+        self.call(|reply| Command::Routes { peer, reply }).await
+    }
+
+    /// Refuses (`blocked`) or allows again connections with `peers`; refusing
+    /// closes the open ones. The simulator partitions networks with it.
+    pub async fn block(&self, peers: Vec<PeerId>, blocked: bool) -> Result<(), RequestError> {
+        self.commands
+            .send(Command::Block { peers, blocked })
+            .await
+            .map_err(|_| RequestError::Stopped)
+    }
+
+    /// Makes the node misbehave from now on: `fault` in how it answers
+    /// fetches, and every answer held back by `delay`. For fault tests.
+    pub async fn misbehave(
+        &self,
+        fault: Option<Fault>,
+        delay: Duration,
+    ) -> Result<(), RequestError> {
+        self.commands
+            .send(Command::Misbehave { fault, delay })
+            .await
+            .map_err(|_| RequestError::Stopped)
+    }
+}
+
+/// How the event loop ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// In-flight store work finishes, records are flushed.
+    Clean,
+    /// Everything in the making is dropped.
+    Crash,
 }
 
 /// A started node: its handle, its addresses and its task.
@@ -297,8 +413,9 @@ pub struct Node {
     /// Whether this start created the identity.
     pub new_identity: bool,
     pub recovery: store::Recovery,
-    shutdown: oneshot::Sender<()>,
+    shutdown: oneshot::Sender<Stop>,
     task: tokio::task::JoinHandle<()>,
+    permits: Arc<Semaphore>,
 }
 
 impl Node {
@@ -327,8 +444,9 @@ impl Node {
         )
         .map_err(|e| StartError::Providers(e.to_string()))?;
         let serve = config.capacity > 0;
-        let mut swarm = build_swarm(&key, providers, config.max_connections, serve)?;
-        let listen_addrs = listen(&mut swarm, &config.listen).await?;
+        let mut swarm = build_swarm(&key, providers, &config, serve)?;
+        let listening = listen(&mut swarm, &config.listen).await?;
+        let listen_addrs = listening.iter().map(|(_, a)| a.clone()).collect();
         for addr in &config.external {
             swarm.add_external_address(addr.clone());
         }
@@ -346,6 +464,8 @@ impl Node {
         let (commands, command_rx) = mpsc::channel(COMMANDS);
         let (shutdown, shutdown_rx) = oneshot::channel();
         let (done_tx, done_rx) = mpsc::channel(JOBS * 2);
+        let permits = Arc::new(Semaphore::new(JOBS));
+        let clock = config.clock;
         let event_loop = EventLoop {
             swarm,
             store,
@@ -354,65 +474,120 @@ impl Node {
             done_tx,
             done_rx,
             jobs: JoinSet::new(),
-            permits: Arc::new(Semaphore::new(JOBS)),
+            permits: permits.clone(),
             awaiting: Awaiting::default(),
             lookups: HashMap::new(),
             closest: HashMap::new(),
             stalled: VecDeque::new(),
             unaddressed: HashMap::new(),
             announcer: Announcer::new(config.announce_concurrency),
+            listeners: listening.into_iter().map(|(id, _)| id).collect(),
+            fault: config.fault,
+            delay: Duration::ZERO,
             config,
         };
         let task = tokio::spawn(event_loop.run(shutdown_rx));
         Ok(Node {
-            handle: Handle { peer_id, commands },
+            handle: Handle {
+                peer_id,
+                commands,
+                clock,
+            },
             peer_id,
             listen_addrs,
             new_identity,
             recovery,
             shutdown,
             task,
+            permits,
         })
     }
 
     /// Stops the node: in-flight store work finishes, then the databases close.
     pub async fn stop(self) {
-        let _ = self.shutdown.send(());
+        let _ = self.shutdown.send(Stop::Clean);
         let _ = self.task.await;
+    }
+
+    /// Stops the node abruptly, as a crash would in-process: the event loop
+    /// ends where it is, connections drop without goodbye, answers in the
+    /// making are lost. Store work already on a thread finishes (the store
+    /// is crash-safe either way); this returns once it has, so the data
+    /// directory can be opened again.
+    pub async fn crash(self) {
+        let _ = self.shutdown.send(Stop::Crash);
+        let _ = self.task.await;
+        // Every job holds a permit until its store work is done.
+        let _ = self.permits.acquire_many(JOBS as u32).await;
     }
 }
 
 fn build_swarm(
     key: &Keypair,
     providers: ProviderStore,
-    max_connections: u32,
+    config: &Config,
     serve: bool,
 ) -> Result<Swarm<Behaviour>, StartError> {
     let net = |e: &dyn std::fmt::Display| StartError::Network(e.to_string());
-    Ok(SwarmBuilder::with_existing_identity(key.clone())
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            noise::Config::new,
-            yamux::Config::default,
-        )
-        .map_err(|e| net(&e))?
-        .with_quic()
-        .with_relay_client(noise::Config::new, yamux::Config::default)
-        .map_err(|e| net(&e))?
-        .with_behaviour(|key, relay| Behaviour::new(key, relay, providers, max_connections, serve))
-        .map_err(|e| net(&e))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-        .build())
+    let max = config.max_connections;
+    let builder = SwarmBuilder::with_existing_identity(key.clone()).with_tokio();
+    let swarm = match config.transport {
+        Transport::Network => builder
+            .with_tcp(
+                tcp::Config::default().nodelay(true),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .map_err(|e| net(&e))?
+            .with_quic()
+            .with_relay_client(noise::Config::new, yamux::Config::default)
+            .map_err(|e| net(&e))?
+            .with_behaviour(|key, relay| Behaviour::new(key, relay, providers, max, serve))
+            .map_err(|e| net(&e))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+            .build(),
+        Transport::Memory { noise: encrypt } => builder
+            .with_other_transport(|key| memory_transport(key, encrypt))
+            .map_err(|e| net(&e))?
+            .with_relay_client(noise::Config::new, yamux::Config::default)
+            .map_err(|e| net(&e))?
+            .with_behaviour(|key, relay| Behaviour::new(key, relay, providers, max, serve))
+            .map_err(|e| net(&e))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+            .build(),
+    };
+    Ok(swarm)
+}
+
+type Boxed = libp2p::core::transport::Boxed<(PeerId, libp2p::core::muxing::StreamMuxerBox)>;
+
+fn memory_transport(
+    key: &Keypair,
+    encrypt: bool,
+) -> Result<Boxed, Box<dyn std::error::Error + Send + Sync>> {
+    use libp2p::Transport as _;
+    use libp2p::core::transport::{MemoryTransport, upgrade::Version};
+    let upgraded = MemoryTransport::default().upgrade(Version::V1Lazy);
+    Ok(if encrypt {
+        upgraded
+            .authenticate(noise::Config::new(key)?)
+            .multiplex(yamux::Config::default())
+            .boxed()
+    } else {
+        upgraded
+            .authenticate(libp2p::plaintext::Config::new(key))
+            .multiplex(yamux::Config::default())
+            .boxed()
+    })
 }
 
 /// Starts every listener and waits until each has its first address (so a
-/// port 0 is known). Loopback addresses are taken as external: only this
-/// machine can reach them, and it can.
+/// port 0 is known). Loopback and in-memory addresses are taken as external:
+/// only this machine (process) can reach them, and it can.
 pub async fn listen<B: NetworkBehaviour>(
     swarm: &mut Swarm<B>,
     addrs: &[Multiaddr],
-) -> Result<Vec<Multiaddr>, StartError> {
+) -> Result<Vec<(ListenerId, Multiaddr)>, StartError> {
     let mut waiting = HashMap::new();
     for addr in addrs {
         let id = swarm
@@ -441,7 +616,7 @@ pub async fn listen<B: NetworkBehaviour>(
             } => {
                 waiting.remove(&listener_id);
                 note_listen_addr(swarm, &address);
-                found.push(address);
+                found.push((listener_id, address));
             }
             SwarmEvent::ListenerClosed {
                 listener_id,
@@ -471,6 +646,7 @@ fn note_listen_addr<B: NetworkBehaviour>(swarm: &mut Swarm<B>, addr: &Multiaddr)
     let loopback = addr.iter().any(|p| match p {
         Protocol::Ip4(ip) => ip.is_loopback(),
         Protocol::Ip6(ip) => ip.is_loopback(),
+        Protocol::Memory(_) => true,
         _ => false,
     });
     if loopback {
@@ -621,6 +797,11 @@ struct EventLoop {
     /// Requests to peers whose address is being looked up in the DHT.
     unaddressed: HashMap<QueryId, Vec<(PeerId, Outbound)>>,
     announcer: Announcer,
+    listeners: Vec<ListenerId>,
+    /// Misbehaviour for fault tests, settable while running.
+    fault: Option<Fault>,
+    /// Every answer is held back this long (fault tests).
+    delay: Duration,
     config: Config,
 }
 
@@ -630,13 +811,23 @@ type ProvidersReply = oneshot::Sender<Result<HashSet<PeerId>, RequestError>>;
 const UNADDRESSED: usize = 256;
 
 impl EventLoop {
-    async fn run(mut self, mut shutdown: oneshot::Receiver<()>) {
-        let mut expiry = tokio::time::interval(self.config.expiry_interval);
+    async fn run(mut self, mut shutdown: oneshot::Receiver<Stop>) {
+        let clock = self.config.clock;
+        let mut expiry = tokio::time::interval(clock.to_real(self.config.expiry_interval));
         let mut flush = tokio::time::interval(Duration::from_secs(60));
         loop {
             let next_round = self.announcer.next_round;
             tokio::select! {
-                _ = &mut shutdown => break,
+                stop = &mut shutdown => {
+                    // In-memory listeners hold their port until removed.
+                    for id in self.listeners.drain(..) {
+                        self.swarm.remove_listener(id);
+                    }
+                    if stop == Ok(Stop::Crash) {
+                        return;
+                    }
+                    break;
+                }
                 event = self.swarm.select_next_some() => self.on_swarm(event),
                 Some(cmd) = self.commands.recv() => self.on_command(cmd),
                 Some(done) = self.done_rx.recv() => self.on_done(done),
@@ -670,22 +861,22 @@ impl EventLoop {
                 Err(e) => tracing::warn!(%piece, error = %e, "cannot announce piece"),
             }
         }
-        let interval = self.config.announce_interval;
+        let interval = self.config.clock.to_real(self.config.announce_interval);
         self.announcer.finish_round(Instant::now(), interval);
     }
 
     fn expire(&mut self) {
         let store = self.store.clone();
         let done = self.done_tx.clone();
+        let now = self.config.clock.now();
         self.jobs
-            .spawn_blocking(move || match store.expire(unix_now(), 10_000) {
+            .spawn_blocking(move || match store.expire(now, 10_000) {
                 Ok(gone) if !gone.is_empty() => {
                     let _ = done.blocking_send(Done::Expired(gone.len()));
                 }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "cannot delete expired pieces"),
             });
-        let now = unix_now();
         match self.swarm.behaviour_mut().kad.store_mut().expire(now) {
             Ok(0) => {}
             Ok(n) => tracing::debug!(removed = n, "expired provider records"),
@@ -693,18 +884,28 @@ impl EventLoop {
         }
     }
 
-    /// Runs store work on a blocking thread, at most [`JOBS`] at once.
+    /// Runs store work on a blocking thread, at most [`JOBS`] at once; its
+    /// answer waits out the node's fault delay.
     fn spawn_job(&mut self, job: impl FnOnce(&Store) -> Done + Send + 'static) {
-        let (store, done, permits) = (
+        let (store, done, permits, delay) = (
             self.store.clone(),
             self.done_tx.clone(),
             self.permits.clone(),
+            self.delay,
         );
         self.jobs.spawn(async move {
-            let Ok(_permit) = permits.acquire_owned().await else {
+            let Ok(permit) = permits.acquire_owned().await else {
                 return;
             };
-            if let Ok(result) = tokio::task::spawn_blocking(move || job(&store)).await {
+            // The permit lives as long as the store work, even if this task
+            // is aborted: [`Node::crash`] waits for it.
+            let work = tokio::task::spawn_blocking(move || {
+                let result = job(&store);
+                drop(permit);
+                result
+            });
+            if let Ok(result) = work.await {
+                tokio::time::sleep(delay).await;
                 let _ = done.send(result).await;
             }
         });
@@ -733,11 +934,7 @@ impl EventLoop {
         let b = self.swarm.behaviour_mut();
         match cmd {
             Command::Request { peer, outbound } => {
-                let known = b
-                    .kad
-                    .kbucket(peer)
-                    .is_some_and(|bucket| bucket.iter().any(|e| *e.node.key.preimage() == peer));
-                if known || self.swarm.is_connected(&peer) {
+                if routes_to(&mut b.kad, peer) || self.swarm.is_connected(&peer) {
                     self.send(peer, outbound);
                 } else if self.unaddressed.values().map(Vec::len).sum::<usize>() >= UNADDRESSED {
                     outbound.fail(RequestError::Lookup("too many lookups in flight".into()));
@@ -764,6 +961,22 @@ impl EventLoop {
             Command::Closest { key, reply } => {
                 let id = b.kad.get_closest_peers(key.to_bytes());
                 self.closest.insert(id, reply);
+            }
+            Command::Routes { peer, reply } => {
+                let _ = reply.send(routes_to(&mut b.kad, peer));
+            }
+            Command::Block { peers, blocked } => {
+                for peer in peers {
+                    if blocked {
+                        b.blocked.block_peer(peer);
+                    } else {
+                        b.blocked.unblock_peer(peer);
+                    }
+                }
+            }
+            Command::Misbehave { fault, delay } => {
+                self.fault = fault;
+                self.delay = delay;
             }
             Command::Status { reply } => {
                 let mut s = self.announcer.status.clone();
@@ -879,7 +1092,8 @@ impl EventLoop {
                 ..
             } => match request {
                 StoreRequest::OfferV1(terms) => {
-                    let resp = match self.store.reserve(&peer.to_bytes(), &terms, unix_now()) {
+                    let now = self.config.clock.now();
+                    let resp = match self.store.reserve(&peer.to_bytes(), &terms, now) {
                         Ok(reserved_until) => StoreResponse::AcceptedV1 { reserved_until },
                         Err(reason) => {
                             tracing::debug!(%peer, piece = %terms.piece, ?reason, "offer declined");
@@ -894,6 +1108,7 @@ impl EventLoop {
                 }
                 StoreRequest::TransferV1(transfer) => {
                     let signer = self.signer.clone();
+                    let clock = self.config.clock;
                     self.spawn_job(move |store| {
                         let sign = |terms: Terms| -> SignedReceipt {
                             Receipt {
@@ -902,7 +1117,7 @@ impl EventLoop {
                             }
                             .sign(&signer)
                         };
-                        let result = store.store(&peer.to_bytes(), &transfer, unix_now(), sign);
+                        let result = store.store(&peer.to_bytes(), &transfer, clock.now(), sign);
                         match result {
                             Ok(receipt) => {
                                 tracing::info!(%peer, piece = %transfer.piece, "stored piece");
@@ -945,7 +1160,7 @@ impl EventLoop {
                         request, channel, ..
                     },
                 ..
-            } => match self.config.fault {
+            } => match self.fault {
                 Some(Fault::Stall) => {
                     if self.stalled.len() >= 1024 {
                         self.stalled.pop_front();
@@ -994,17 +1209,20 @@ impl EventLoop {
                         ..
                     },
                 ..
-            } => self.spawn_job(move |store| {
-                let resp = match store.prove(&piece, &nonce, unix_now()) {
-                    Ok(Some(proof)) => AuditResponse::ProofV1(proof),
-                    Ok(None) => AuditResponse::NotFoundV1,
-                    Err(e) => {
-                        tracing::warn!(%peer, %piece, error = %e, "cannot answer audit");
-                        AuditResponse::NotFoundV1
-                    }
-                };
-                Done::Audit(channel, resp)
-            }),
+            } => {
+                let now = self.config.clock.now();
+                self.spawn_job(move |store| {
+                    let resp = match store.prove(&piece, &nonce, now) {
+                        Ok(Some(proof)) => AuditResponse::ProofV1(proof),
+                        Ok(None) => AuditResponse::NotFoundV1,
+                        Err(e) => {
+                            tracing::warn!(%peer, %piece, error = %e, "cannot answer audit");
+                            AuditResponse::NotFoundV1
+                        }
+                    };
+                    Done::Audit(channel, resp)
+                })
+            }
             Event::Message {
                 peer,
                 message:
@@ -1038,6 +1256,11 @@ impl EventLoop {
             }
         }
     }
+}
+
+fn routes_to(kad: &mut kad::Behaviour<ProviderStore>, peer: PeerId) -> bool {
+    kad.kbucket(peer)
+        .is_some_and(|bucket| bucket.iter().any(|e| *e.node.key.preimage() == peer))
 }
 
 fn serve_fetch(store: &Store, peer: PeerId, request: FetchRequest) -> FetchResponse {

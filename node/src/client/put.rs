@@ -27,7 +27,7 @@ use tokio::sync::mpsc;
 
 use super::{DEFAULT_HEDGE_AFTER, find_manifest, lock, node_key};
 use crate::add::{self, Options};
-use crate::node::{Handle, RequestError, unix_now};
+use crate::node::{Handle, RequestError};
 
 /// What to add.
 #[derive(Debug, Clone)]
@@ -128,7 +128,7 @@ pub async fn add(
     let shared = Arc::new(Shared {
         net: net.clone(),
         k: options.scheme.k as usize,
-        expires_at: unix_now() + options.term.as_secs(),
+        expires_at: net.now() + options.term.as_secs(),
         hedge_after: options.hedge_after,
         excluded: Mutex::new(HashSet::from([net.peer_id()])),
         replaced: Mutex::new(0),

@@ -13,7 +13,9 @@ use cairn_protocol::wire::{
 use libp2p::identity::Keypair;
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::NetworkBehaviour;
-use libp2p::{StreamProtocol, autonat, connection_limits, identify, kad, ping, relay};
+use libp2p::{
+    StreamProtocol, allow_block_list, autonat, connection_limits, identify, kad, ping, relay,
+};
 
 use codec::Codec;
 use providers::ProviderStore;
@@ -28,6 +30,8 @@ pub type AuditProtocol = request_response::Behaviour<Codec<AuditRequest, AuditRe
 
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
+    /// Peers this node refuses to be connected to (simulated partitions).
+    pub blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     pub limits: connection_limits::Behaviour,
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
@@ -87,6 +91,7 @@ impl Behaviour {
                 .with_max_concurrent_streams(streams)
         };
         Behaviour {
+            blocked: allow_block_list::Behaviour::default(),
             limits: connection_limits(max_connections),
             identify: identify::Behaviour::new(identify_config(key)),
             ping: ping::Behaviour::default(),

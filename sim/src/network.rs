@@ -1,0 +1,570 @@
+//! A network of real Cairn nodes in one process, on libp2p's in-memory
+//! transport, with faults on cue.
+//!
+//! Every node is [`cairn_node::node::Node`] as `cairn node` runs it (same
+//! behaviours, protocols and store), with its data directory under the
+//! network's directory. Clients are nodes with no capacity, as `cairn add`
+//! starts them.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail, ensure};
+use cairn_node::client::{self, AddOptions, Added, Content, GetOptions, Input};
+use cairn_node::node::{Clock, Config as NodeConfig, Fault, Handle, Node, Status, Transport};
+use cid::Cid;
+use libp2p::multiaddr::Protocol;
+use libp2p::{Multiaddr, PeerId};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom as _;
+use rand::{Rng as _, SeedableRng as _};
+
+/// How the network is built. Defaults suit a test of a few dozen nodes.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Storage nodes. Default 12.
+    pub nodes: usize,
+    /// Bytes each node holds. Default 1 GiB.
+    pub capacity: u64,
+    /// Clock speed: simulated seconds per real second. Default 1.
+    pub speed: u32,
+    /// Noise on the in-memory transport (as on a real network) or a
+    /// plaintext handshake (cheaper, for thousands of nodes). Default true.
+    pub noise: bool,
+    /// Nodes joining at once. Default 16.
+    pub join_concurrency: usize,
+    /// Running nodes a joining node is given to dial. Default 3.
+    pub seeds: usize,
+    /// Connections each node keeps at most. Default 128.
+    pub max_connections: u32,
+    /// Seed of the RNG behind seeds and fault choices.
+    pub seed: u64,
+    /// Where the nodes' data directories go; default a temporary directory
+    /// removed when the network drops.
+    pub dir: Option<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            nodes: 12,
+            capacity: 1 << 30,
+            speed: 1,
+            noise: true,
+            join_concurrency: 16,
+            seeds: 3,
+            max_connections: 128,
+            seed: 0,
+            dir: None,
+        }
+    }
+}
+
+/// Where a node is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Up,
+    /// Crashed or stopped; its data directory is kept for a restart.
+    Down,
+    /// Left for good: its data directory is gone.
+    Gone,
+}
+
+struct Slot {
+    peer: PeerId,
+    dir: PathBuf,
+    /// Its listen address, kept across restarts.
+    addr: Multiaddr,
+    node: Option<Node>,
+    gone: bool,
+}
+
+impl Slot {
+    fn state(&self) -> State {
+        match (&self.node, self.gone) {
+            (Some(_), _) => State::Up,
+            (None, false) => State::Down,
+            (None, true) => State::Gone,
+        }
+    }
+}
+
+/// A running simulated network.
+pub struct Network {
+    config: Config,
+    clock: Clock,
+    root: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+    slots: Vec<Slot>,
+    client: Option<Node>,
+    rng: StdRng,
+    /// Partition groups in force (node indices); empty when whole.
+    partition: Vec<Vec<usize>>,
+}
+
+impl Network {
+    /// Starts `config.nodes` storage nodes and waits until each knows peers
+    /// in its routing table.
+    pub async fn start(config: Config) -> Result<Network> {
+        ensure!(config.nodes > 0, "a network needs at least one node");
+        let (root, temp) = match &config.dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("cannot create {}", dir.display()))?;
+                (dir.clone(), None)
+            }
+            None => {
+                let t = tempfile::Builder::new()
+                    .prefix("cairn-sim-")
+                    .tempdir()
+                    .context("cannot create a temporary directory")?;
+                (t.path().to_path_buf(), Some(t))
+            }
+        };
+        let mut net = Network {
+            clock: Clock::scaled(config.speed),
+            rng: StdRng::seed_from_u64(config.seed),
+            root,
+            _temp: temp,
+            slots: Vec::with_capacity(config.nodes),
+            client: None,
+            partition: Vec::new(),
+            config,
+        };
+        net.grow(net.config.nodes).await?;
+        Ok(net)
+    }
+
+    /// Adds `n` new storage nodes, `join_concurrency` at a time, each given
+    /// seeds among the nodes already up. Returns their indices.
+    pub async fn grow(&mut self, n: usize) -> Result<Vec<usize>> {
+        let first = self.slots.len();
+        let end = first + n;
+        while self.slots.len() < end {
+            // The very first node starts alone: the rest need someone to dial.
+            let wave = if self.up().is_empty() {
+                1
+            } else {
+                self.config.join_concurrency.max(1)
+            };
+            let from = self.slots.len();
+            let batch = wave.min(end - from);
+            let mut starts = Vec::with_capacity(batch);
+            for i in from..from + batch {
+                let mut config = self.node_config(
+                    self.root.join(format!("node-{i:05}")),
+                    "/memory/0".parse().expect("valid"),
+                );
+                let seeds = self.pick_seed_slots();
+                config.bootstrap = seeds.iter().map(|&j| self.p2p_addr(j)).collect();
+                let seed_handles: Vec<Handle> =
+                    seeds.iter().filter_map(|&j| self.handle(j)).collect();
+                starts.push(async move {
+                    let dir = config.data_dir.clone();
+                    let node = Node::start(config)
+                        .await
+                        .with_context(|| format!("cannot start node {i}"))?;
+                    joined(&node.handle, &seed_handles).await?;
+                    anyhow::Ok((dir, node))
+                });
+            }
+            for (dir, node) in futures::future::try_join_all(starts).await? {
+                let addr = node
+                    .listen_addrs
+                    .first()
+                    .cloned()
+                    .context("node has no listen address")?;
+                self.slots.push(Slot {
+                    peer: node.peer_id,
+                    dir,
+                    addr,
+                    node: Some(node),
+                    gone: false,
+                });
+            }
+        }
+        Ok((first..end).collect())
+    }
+
+    fn node_config(&self, dir: PathBuf, listen: Multiaddr) -> NodeConfig {
+        let mut c = NodeConfig::new(dir);
+        c.capacity = self.config.capacity;
+        c.listen = vec![listen];
+        c.transport = Transport::Memory {
+            noise: self.config.noise,
+        };
+        c.clock = self.clock;
+        c.max_connections = self.config.max_connections;
+        c
+    }
+
+    /// Up to `config.seeds` running nodes.
+    fn pick_seed_slots(&mut self) -> Vec<usize> {
+        let up = self.up();
+        up.choose_multiple(&mut self.rng, self.config.seeds)
+            .copied()
+            .collect()
+    }
+
+    fn p2p_addr(&self, i: usize) -> Multiaddr {
+        let s = &self.slots[i];
+        s.addr.clone().with(Protocol::P2p(s.peer))
+    }
+
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    pub fn clock(&self) -> Clock {
+        self.clock
+    }
+
+    pub fn rng(&mut self) -> &mut StdRng {
+        &mut self.rng
+    }
+
+    pub fn state(&self, i: usize) -> State {
+        self.slots[i].state()
+    }
+
+    pub fn peer_id(&self, i: usize) -> PeerId {
+        self.slots[i].peer
+    }
+
+    /// The index of the node with this peer ID.
+    pub fn index_of(&self, peer: &PeerId) -> Option<usize> {
+        self.slots.iter().position(|s| s.peer == *peer)
+    }
+
+    /// Indices of the nodes now up.
+    pub fn up(&self) -> Vec<usize> {
+        (0..self.slots.len())
+            .filter(|&i| self.slots[i].node.is_some())
+            .collect()
+    }
+
+    /// The node's data directory.
+    pub fn dir(&self, i: usize) -> &Path {
+        &self.slots[i].dir
+    }
+
+    /// A handle to node `i`, if it is up.
+    pub fn handle(&self, i: usize) -> Option<Handle> {
+        self.slots[i].node.as_ref().map(|n| n.handle.clone())
+    }
+
+    pub async fn status(&self, i: usize) -> Result<Status> {
+        let h = self
+            .handle(i)
+            .with_context(|| format!("node {i} is not up"))?;
+        Ok(h.status().await?)
+    }
+
+    /// The client the network's adds and gets go through (a node with no
+    /// capacity, as `cairn add` starts), started on first use.
+    pub async fn client(&mut self) -> Result<Handle> {
+        if let Some(c) = &self.client {
+            return Ok(c.handle.clone());
+        }
+        let dir = self.root.join("client");
+        let mut config = self.node_config(dir, "/memory/0".parse().expect("valid"));
+        config.capacity = 0;
+        let seeds = self.pick_seed_slots();
+        config.bootstrap = seeds.iter().map(|&j| self.p2p_addr(j)).collect();
+        let node = Node::start(config)
+            .await
+            .context("cannot start the client")?;
+        let handle = node.handle.clone();
+        wait_until(&handle, "knows a peer", async || {
+            Ok(handle.status().await?.routing_table > 0)
+        })
+        .await?;
+        self.client = Some(node);
+        Ok(handle)
+    }
+
+    /// Adds `bytes` as a file through the client.
+    pub async fn add(&mut self, bytes: &[u8], options: &AddOptions) -> Result<Added> {
+        let client = self.client().await?;
+        let path = self.root.join("client-input");
+        tokio::fs::write(&path, bytes)
+            .await
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        let input = Input::Path {
+            path,
+            options: Default::default(),
+        };
+        client::add(&client, input, options, |_| {}).await
+    }
+
+    /// Gets the whole content `root` through the client.
+    pub async fn get(&mut self, root: Cid, options: GetOptions) -> Result<Vec<u8>> {
+        let client = self.client().await?;
+        let content = Content::open(&client, root, options).await?;
+        tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            content.read(0, None, &mut out).map(|()| out)
+        })
+        .await
+        .context("get task failed")?
+    }
+
+    /// Node `i` crashes: it stops where it is, keeping its data directory.
+    pub async fn crash(&mut self, i: usize) -> Result<()> {
+        let node = self.take(i)?;
+        node.crash().await;
+        Ok(())
+    }
+
+    /// Node `i` shuts down cleanly, keeping its data directory.
+    pub async fn stop(&mut self, i: usize) -> Result<()> {
+        let node = self.take(i)?;
+        node.stop().await;
+        Ok(())
+    }
+
+    fn take(&mut self, i: usize) -> Result<Node> {
+        let slot = self.slots.get_mut(i).context("no such node")?;
+        slot.node
+            .take()
+            .with_context(|| format!("node {i} is not up"))
+    }
+
+    /// Node `i`, down, starts again from its data directory at its old
+    /// address (same identity, same pieces), joining through running nodes.
+    pub async fn restart(&mut self, i: usize) -> Result<()> {
+        match self.state(i) {
+            State::Down => {}
+            State::Up => bail!("node {i} is already up"),
+            State::Gone => bail!("node {i} left for good"),
+        }
+        let seeds = self.pick_seed_slots();
+        let slot = &self.slots[i];
+        let mut config = self.node_config(slot.dir.clone(), slot.addr.clone());
+        config.bootstrap = seeds.iter().map(|&j| self.p2p_addr(j)).collect();
+        let node = Node::start(config)
+            .await
+            .with_context(|| format!("cannot restart node {i}"))?;
+        let handle = node.handle.clone();
+        self.slots[i].node = Some(node);
+        self.apply_partition(i).await?;
+        let seeds: Vec<Handle> = seeds.iter().filter_map(|&j| self.handle(j)).collect();
+        joined(&handle, &seeds).await
+    }
+
+    /// Node `i` leaves for good: stopped (if up) and its data directory deleted.
+    pub async fn leave(&mut self, i: usize) -> Result<()> {
+        if self.state(i) == State::Up {
+            self.crash(i).await?;
+        }
+        let slot = &mut self.slots[i];
+        slot.gone = true;
+        remove_dir(&slot.dir)
+    }
+
+    /// Node `i` loses its disk: it stops, its pieces and index are deleted,
+    /// and it starts again empty (keeping its identity, as a node whose
+    /// data volume failed would).
+    pub async fn lose_disk(&mut self, i: usize) -> Result<()> {
+        if self.state(i) == State::Up {
+            self.crash(i).await?;
+        }
+        let dir = self.slots[i].dir.clone();
+        remove_dir(&dir.join("store"))?;
+        let providers = dir.join("providers.redb");
+        if providers.exists() {
+            std::fs::remove_file(&providers)
+                .with_context(|| format!("cannot remove {}", providers.display()))?;
+        }
+        self.restart(i).await
+    }
+
+    /// Flips one byte in `fraction` of node `i`'s piece files, chosen by the
+    /// network's RNG. The node is not told: it finds out when it reads them.
+    /// Returns how many pieces were damaged.
+    pub fn corrupt(&mut self, i: usize, fraction: f64) -> Result<usize> {
+        let files = self.choose_pieces(i, fraction)?;
+        for f in &files {
+            let mut bytes =
+                std::fs::read(f).with_context(|| format!("cannot read {}", f.display()))?;
+            if let Some(b) = bytes.get_mut(0) {
+                *b ^= 0x01;
+            }
+            std::fs::write(f, &bytes).with_context(|| format!("cannot write {}", f.display()))?;
+        }
+        Ok(files.len())
+    }
+
+    /// Deletes `fraction` of node `i`'s piece files behind its back: it still
+    /// answers for the rest. Returns how many were dropped.
+    pub fn drop_pieces(&mut self, i: usize, fraction: f64) -> Result<usize> {
+        let files = self.choose_pieces(i, fraction)?;
+        for f in &files {
+            std::fs::remove_file(f).with_context(|| format!("cannot remove {}", f.display()))?;
+        }
+        Ok(files.len())
+    }
+
+    /// Node `i`'s piece files in name order, of which `fraction` are chosen.
+    fn choose_pieces(&mut self, i: usize, fraction: f64) -> Result<Vec<PathBuf>> {
+        ensure!(
+            (0.0..=1.0).contains(&fraction),
+            "fraction {fraction} is not between 0 and 1"
+        );
+        let files = piece_files(&self.slots[i].dir.join("store/pieces"))?;
+        let n = (files.len() as f64 * fraction).round() as usize;
+        Ok(files.choose_multiple(&mut self.rng, n).cloned().collect())
+    }
+
+    /// Node `i` answers every request `delay` late from now on.
+    pub async fn slow(&mut self, i: usize, delay: Duration) -> Result<()> {
+        let h = self
+            .handle(i)
+            .with_context(|| format!("node {i} is not up"))?;
+        Ok(h.misbehave(None, delay).await?)
+    }
+
+    /// Node `i` misbehaves in how it answers fetches.
+    pub async fn misbehave(&mut self, i: usize, fault: Option<Fault>) -> Result<()> {
+        let h = self
+            .handle(i)
+            .with_context(|| format!("node {i} is not up"))?;
+        Ok(h.misbehave(fault, Duration::ZERO).await?)
+    }
+
+    /// Splits the network: nodes in different groups refuse each other's
+    /// connections (open ones close). Nodes in no group, and the client,
+    /// reach everyone. Replaces any partition in force.
+    pub async fn partition(&mut self, groups: Vec<Vec<usize>>) -> Result<()> {
+        let mut seen = HashSet::new();
+        for &i in groups.iter().flatten() {
+            ensure!(i < self.slots.len(), "no node {i}");
+            ensure!(seen.insert(i), "node {i} is in two groups");
+        }
+        self.heal().await?;
+        self.partition = groups;
+        for i in self.up() {
+            self.apply_partition(i).await?;
+        }
+        Ok(())
+    }
+
+    /// Ends the partition in force.
+    pub async fn heal(&mut self) -> Result<()> {
+        let all: Vec<PeerId> = self.slots.iter().map(|s| s.peer).collect();
+        for i in self.up() {
+            if let Some(h) = self.handle(i) {
+                h.block(all.clone(), false).await?;
+            }
+        }
+        self.partition.clear();
+        Ok(())
+    }
+
+    /// Has node `i` refuse the nodes outside its group.
+    async fn apply_partition(&self, i: usize) -> Result<()> {
+        let Some(group) = self.partition.iter().find(|g| g.contains(&i)) else {
+            return Ok(());
+        };
+        let others: Vec<PeerId> = self
+            .partition
+            .iter()
+            .filter(|g| !std::ptr::eq(*g, group))
+            .flatten()
+            .map(|&j| self.slots[j].peer)
+            .collect();
+        if let Some(h) = self.handle(i) {
+            h.block(others, true).await?;
+        }
+        Ok(())
+    }
+
+    /// Picks a node index uniformly among those up.
+    pub fn random_up(&mut self) -> Option<usize> {
+        let up = self.up();
+        if up.is_empty() {
+            return None;
+        }
+        Some(up[self.rng.gen_range(0..up.len())])
+    }
+
+    /// Stops every node cleanly.
+    pub async fn shutdown(mut self) {
+        if let Some(c) = self.client.take() {
+            c.stop().await;
+        }
+        let nodes: Vec<Node> = self
+            .slots
+            .iter_mut()
+            .filter_map(|s| s.node.take())
+            .collect();
+        futures::future::join_all(nodes.into_iter().map(Node::stop)).await;
+    }
+}
+
+/// Waits until a node that dialed `seeds` has them in its routing table
+/// and they have it in theirs: from then on a DHT lookup from anywhere
+/// finds it.
+async fn joined(node: &Handle, seeds: &[Handle]) -> Result<()> {
+    for seed in seeds {
+        let (a, b) = (node.peer_id(), seed.peer_id());
+        wait_until(node, "has joined", async || {
+            Ok(node.routes_to(b).await? && seed.routes_to(a).await?)
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+/// Polls `cond` until it holds, for 60 s at most. The routing table has no
+/// event stream to wait on; a join takes a few identify round trips.
+async fn wait_until(
+    node: &Handle,
+    what: &str,
+    mut cond: impl AsyncFnMut() -> Result<bool>,
+) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !cond().await? {
+        if tokio::time::Instant::now() >= deadline {
+            bail!("node {} still not: {what} after 60 s", node.peer_id());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+fn piece_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let entries = match std::fs::read_dir(&d) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e).with_context(|| format!("cannot list {}", d.display())),
+        };
+        for entry in entries {
+            let entry = entry.with_context(|| format!("cannot list {}", d.display()))?;
+            let path = entry.path();
+            if entry.file_type()?.is_dir() {
+                stack.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+fn remove_dir(dir: &Path) -> Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("cannot remove {}", dir.display())),
+    }
+}
