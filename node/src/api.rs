@@ -154,7 +154,7 @@ pub async fn add(
         handle: handle.to_string(),
         manifest: added.manifest.to_string(),
         bytes: added.bytes,
-        segments: added.segments,
+        segments: added.segments.len(),
         pieces: added.pieces,
         scheme: req.scheme.to_string(),
         replaced_nodes: added.replaced,

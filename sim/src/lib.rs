@@ -1,6 +1,9 @@
 //! Cairn's simulator: many real nodes in one process ([`network`]), and
-//! scenarios run on them with reports ([`scenario`], [`report`]).
+//! scenarios ([`scenario`]) run on them ([`run`]) with reports ([`report`]).
 
 pub mod network;
+pub mod report;
+pub mod run;
+pub mod scenario;
 
 pub use network::{Config, Network, State};

@@ -538,7 +538,7 @@ async fn wait_until(
     Ok(())
 }
 
-fn piece_files(dir: &Path) -> Result<Vec<PathBuf>> {
+pub(crate) fn piece_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {

@@ -75,7 +75,8 @@ pub struct Added {
     pub manifest: Cid,
     /// Bytes of all blocks.
     pub bytes: u64,
-    pub segments: usize,
+    /// Per segment, its `k + m` piece CIDs, data pieces first.
+    pub segments: Vec<Vec<Cid>>,
     /// Pieces placed (receipts, or nodes that already held the piece).
     pub pieces: usize,
     /// Nodes that refused or failed and were replaced.
@@ -117,7 +118,7 @@ pub async fn add(
             root,
             manifest: m.cid(),
             bytes: m.stream_len,
-            segments: m.segments.len(),
+            segments: m.segments,
             pieces: 0,
             replaced: 0,
             manifest_holders: 0,
@@ -179,7 +180,7 @@ pub async fn add(
         root,
         manifest: manifest.cid(),
         bytes: manifest.stream_len,
-        segments: manifest.segments.len(),
+        segments: manifest.segments,
         pieces,
         replaced,
         manifest_holders,
