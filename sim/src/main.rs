@@ -67,8 +67,8 @@ impl Knobs {
     fn load(&self, path: &PathBuf) -> Result<Scenario> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read {}", path.display()))?;
-        let mut s: Scenario =
-            toml::from_str(&text).with_context(|| format!("{} is not a valid scenario", path.display()))?;
+        let mut s: Scenario = toml::from_str(&text)
+            .with_context(|| format!("{} is not a valid scenario", path.display()))?;
         if let Some(v) = self.seed {
             s.seed = v;
         }
@@ -91,8 +91,7 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();

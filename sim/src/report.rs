@@ -188,10 +188,7 @@ impl Report {
                 o.adversaries.len()
             ),
         );
-        row(
-            "adds",
-            format!("{} ({} failed)", o.adds, o.adds_failed),
-        );
+        row("adds", format!("{} ({} failed)", o.adds, o.adds_failed));
         row(
             "gets",
             format!(
@@ -228,7 +225,13 @@ impl Report {
 
 const COLOURS: [RGBColor; 4] = [BLUE, RED, GREEN, MAGENTA];
 
-fn plot(path: &Path, title: &str, y_label: &str, t: &[f64], series: &[(&str, Vec<f64>)]) -> Result<()> {
+fn plot(
+    path: &Path,
+    title: &str,
+    y_label: &str,
+    t: &[f64],
+    series: &[(&str, Vec<f64>)],
+) -> Result<()> {
     let draw = || -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         let root = SVGBackend::new(path, (800, 480)).into_drawing_area();
         root.fill(&WHITE)?;

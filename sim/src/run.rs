@@ -83,7 +83,11 @@ pub async fn run(s: &Scenario, options: Options) -> Result<Report> {
             .parse()
             .map_err(|e| anyhow::anyhow!("scheme {scheme:?}: {e}"))?;
     }
-    let work_dir = net.dir(0).parent().map(Path::to_path_buf).unwrap_or_default();
+    let work_dir = net
+        .dir(0)
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
 
     let mut state = RunState {
         stored: BTreeMap::new(),
@@ -195,7 +199,14 @@ pub async fn run(s: &Scenario, options: Options) -> Result<Report> {
     let last = state.sample(&net, end_ms).await?;
     state.samples.push(last);
     net.shutdown().await;
-    Ok(state.report(s, digest, events.len(), adversaries, startup, started.elapsed()))
+    Ok(state.report(
+        s,
+        digest,
+        events.len(),
+        adversaries,
+        startup,
+        started.elapsed(),
+    ))
 }
 
 struct RunState {
@@ -242,7 +253,10 @@ impl RunState {
         for &i in &up {
             pieces.push(net.status(i).await?.pieces);
         }
-        let dirs: Vec<PathBuf> = up.iter().map(|&i| net.dir(i).join("store/pieces")).collect();
+        let dirs: Vec<PathBuf> = up
+            .iter()
+            .map(|&i| net.dir(i).join("store/pieces"))
+            .collect();
         let healthy = tokio::task::spawn_blocking(move || healthy_pieces(&dirs))
             .await
             .context("sampling task failed")??;

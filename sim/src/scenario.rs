@@ -238,16 +238,28 @@ impl Scenario {
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Action {
     /// Content number `content` (0, 1, …) of `size` bytes is added.
-    Add { content: u64, size: u64 },
+    Add {
+        content: u64,
+        size: u64,
+    },
     /// A get of content added before: the `pick`-th, modulo those added.
-    Get { pick: u64 },
+    Get {
+        pick: u64,
+    },
     Join,
     /// A node up leaves for good.
-    Leave { pick: u64 },
+    Leave {
+        pick: u64,
+    },
     /// A node up crashes; `crash` numbers the crashes of a run.
-    Crash { crash: u64, pick: u64 },
+    Crash {
+        crash: u64,
+        pick: u64,
+    },
     /// The node that crash number `crash` took down restarts.
-    Restart { crash: u64 },
+    Restart {
+        crash: u64,
+    },
     /// Outcomes are measured.
     Sample,
 }
@@ -285,7 +297,13 @@ pub fn schedule(s: &Scenario) -> Vec<Event> {
     }
     let after = s.churn.restart_after.as_millis() as u64;
     for (crash, t) in (0..).zip(arrivals(&mut rng, s.churn.crashes_per_hour, end)) {
-        at(t, Action::Crash { crash, pick: rng.r#gen() });
+        at(
+            t,
+            Action::Crash {
+                crash,
+                pick: rng.r#gen(),
+            },
+        );
         if t + after <= end {
             at(t + after, Action::Restart { crash });
         }
@@ -371,10 +389,7 @@ mod tests {
             }
         }
         assert!(restarts > 0);
-        let samples = events
-            .iter()
-            .filter(|e| e.action == Action::Sample)
-            .count();
+        let samples = events.iter().filter(|e| e.action == Action::Sample).count();
         assert_eq!(samples, 37, "every 10 minutes of 6 hours, both ends");
     }
 
@@ -404,7 +419,10 @@ mod tests {
             ("speed = 0", "speed"),
             ("workload = { sizes = [] }", "workload.sizes"),
             ("workload = { sizes = [\"1GiB\"] }", "limit"),
-            ("churn = { crashes_per_hour = -1.0 }", "churn.crashes_per_hour"),
+            (
+                "churn = { crashes_per_hour = -1.0 }",
+                "churn.crashes_per_hour",
+            ),
             ("adversaries = { fraction = 2.0 }", "adversaries.fraction"),
             ("network = { scheme = \"0+3\" }", "network.scheme"),
             ("nodes = 3", "unknown field"),
