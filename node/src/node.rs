@@ -46,6 +46,8 @@ pub struct Config {
     /// Addresses others can reach this node at, announced as confirmed.
     pub external: Vec<Multiaddr>,
     pub max_connections: u32,
+    /// A connection with no stream open closes after this long. Default 60 s.
+    pub idle_timeout: Duration,
     /// Every held piece is announced again this often. Default 12 h (provider
     /// records live 48 h).
     pub announce_interval: Duration,
@@ -137,6 +139,7 @@ impl Config {
             bootstrap: Vec::new(),
             external: Vec::new(),
             max_connections: 512,
+            idle_timeout: Duration::from_secs(60),
             announce_interval: Duration::from_secs(12 * 3600),
             announce_concurrency: 32,
             expiry_interval: Duration::from_secs(600),
@@ -245,7 +248,8 @@ enum Command {
         reply: oneshot::Sender<Result<(), RequestError>>,
     },
     Closest {
-        key: Cid,
+        /// A CID's or a peer ID's bytes.
+        key: Vec<u8>,
         reply: oneshot::Sender<Result<Vec<PeerId>, RequestError>>,
     },
     Status {
@@ -356,7 +360,16 @@ impl Handle {
     /// The DHT server peers closest to `key`, closest first; their
     /// addresses are remembered for requests.
     pub async fn closest_peers(&self, key: Cid) -> Result<Vec<PeerId>, RequestError> {
+        let key = key.to_bytes();
         self.call(|reply| Command::Closest { key, reply }).await?
+    }
+
+    /// Whether a DHT walk towards `peer` finds it: whether others can reach
+    /// it by its peer ID alone.
+    pub async fn find_peer(&self, peer: PeerId) -> Result<bool, RequestError> {
+        let key = peer.to_bytes();
+        let found = self.call(|reply| Command::Closest { key, reply }).await??;
+        Ok(found.contains(&peer))
     }
 
     /// Connects to `addr` (ending in `/p2p/<peer id>`).
@@ -530,6 +543,7 @@ fn build_swarm(
 ) -> Result<Swarm<Behaviour>, StartError> {
     let net = |e: &dyn std::fmt::Display| StartError::Network(e.to_string());
     let max = config.max_connections;
+    let idle = config.idle_timeout;
     let builder = SwarmBuilder::with_existing_identity(key.clone()).with_tokio();
     let swarm = match config.transport {
         Transport::Network => builder
@@ -544,7 +558,7 @@ fn build_swarm(
             .map_err(|e| net(&e))?
             .with_behaviour(|key, relay| Behaviour::new(key, relay, providers, max, serve))
             .map_err(|e| net(&e))?
-            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+            .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
             .build(),
         Transport::Memory { noise: encrypt } => builder
             .with_other_transport(|key| memory_transport(key, encrypt))
@@ -553,7 +567,7 @@ fn build_swarm(
             .map_err(|e| net(&e))?
             .with_behaviour(|key, relay| Behaviour::new(key, relay, providers, max, serve))
             .map_err(|e| net(&e))?
-            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+            .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
             .build(),
     };
     Ok(swarm)
@@ -959,7 +973,7 @@ impl EventLoop {
                 let _ = reply.send(result);
             }
             Command::Closest { key, reply } => {
-                let id = b.kad.get_closest_peers(key.to_bytes());
+                let id = b.kad.get_closest_peers(key);
                 self.closest.insert(id, reply);
             }
             Command::Routes { peer, reply } => {

@@ -38,6 +38,27 @@ enum Command {
         #[arg(long)]
         keep: Option<PathBuf>,
     },
+    /// Measures one process holding N nodes: brings them up, adds content,
+    /// runs provider lookups from random nodes; prints the figures as JSON.
+    Scale {
+        /// Storage nodes.
+        #[arg(long, default_value_t = 100)]
+        nodes: usize,
+        /// Content added (64 KiB each, 10 provider records each).
+        #[arg(long, default_value_t = 20)]
+        adds: usize,
+        /// Provider lookups, each from a random node for a random piece.
+        #[arg(long, default_value_t = 1000)]
+        lookups: usize,
+        /// Noise on the in-memory transport instead of a plaintext handshake.
+        #[arg(long)]
+        noise: bool,
+        /// Nodes joining at once.
+        #[arg(long, default_value_t = 16)]
+        join_concurrency: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
     /// Prints a scenario's schedule of events as JSON lines, without running it.
     Schedule {
         scenario: PathBuf,
@@ -103,6 +124,29 @@ fn main() -> Result<()> {
                 serde_json::to_writer(&mut out, &e)?;
                 out.write_all(b"\n")?;
             }
+            Ok(())
+        }
+        Command::Scale {
+            nodes,
+            adds,
+            lookups,
+            noise,
+            join_concurrency,
+            seed,
+        } => {
+            let options = cairn_sim::scale::Options {
+                nodes,
+                adds,
+                lookups,
+                noise,
+                join_concurrency,
+                seed,
+            };
+            let runtime = tokio::runtime::Runtime::new().context("cannot start the runtime")?;
+            let outcome = runtime.block_on(cairn_sim::scale::scale(&options))?;
+            let mut stdout = std::io::stdout().lock();
+            serde_json::to_writer(&mut stdout, &outcome)?;
+            writeln!(stdout)?;
             Ok(())
         }
         Command::Run {

@@ -36,8 +36,12 @@ pub struct Config {
     pub join_concurrency: usize,
     /// Running nodes a joining node is given to dial. Default 3.
     pub seeds: usize,
-    /// Connections each node keeps at most. Default 128.
+    /// Connections each node keeps at most. Default 512, as `cairn node`.
     pub max_connections: u32,
+    /// A connection with no stream open closes after this long (real
+    /// time). Default 10 s: every connection costs about 60 KB, and a node
+    /// that joins talks to many peers once.
+    pub idle_timeout: Duration,
     /// Seed of the RNG behind seeds and fault choices.
     pub seed: u64,
     /// Where the nodes' data directories go; default a temporary directory
@@ -54,7 +58,8 @@ impl Default for Config {
             noise: true,
             join_concurrency: 16,
             seeds: 3,
-            max_connections: 128,
+            max_connections: 512,
+            idle_timeout: Duration::from_secs(10),
             seed: 0,
             dir: None,
         }
@@ -160,12 +165,13 @@ impl Network {
                 config.bootstrap = seeds.iter().map(|&j| self.p2p_addr(j)).collect();
                 let seed_handles: Vec<Handle> =
                     seeds.iter().filter_map(|&j| self.handle(j)).collect();
+                let network = from + batch;
                 starts.push(async move {
                     let dir = config.data_dir.clone();
                     let node = Node::start(config)
                         .await
                         .with_context(|| format!("cannot start node {i}"))?;
-                    joined(&node.handle, &seed_handles).await?;
+                    joined(&node.handle, &seed_handles, network).await?;
                     anyhow::Ok((dir, node))
                 });
             }
@@ -196,6 +202,7 @@ impl Network {
         };
         c.clock = self.clock;
         c.max_connections = self.config.max_connections;
+        c.idle_timeout = self.config.idle_timeout;
         c
     }
 
@@ -354,7 +361,7 @@ impl Network {
         self.slots[i].node = Some(node);
         self.apply_partition(i).await?;
         let seeds: Vec<Handle> = seeds.iter().filter_map(|&j| self.handle(j)).collect();
-        joined(&handle, &seeds).await
+        joined(&handle, &seeds, self.up().len()).await
     }
 
     /// Node `i` leaves for good: stopped (if up) and its data directory deleted.
@@ -507,14 +514,32 @@ impl Network {
     }
 }
 
-/// Waits until a node that dialed `seeds` has them in its routing table
-/// and they have it in theirs: from then on a DHT lookup from anywhere
-/// finds it.
-async fn joined(node: &Handle, seeds: &[Handle]) -> Result<()> {
+/// Kademlia's bucket size: a node that knows this many peers has walked
+/// the DHT towards itself, so its closest peers know it.
+const K: usize = 20;
+
+/// Waits until a node that dialed `seeds` has joined: it routes to its
+/// seeds and, in a network of more than [`K`] nodes, to `K` peers (its
+/// self-lookup reached its neighbours); in a smaller one, where no bucket
+/// is ever full, its seeds route to it. From then on others can find it.
+async fn joined(node: &Handle, seeds: &[Handle], network: usize) -> Result<()> {
+    let me = node.peer_id();
     for seed in seeds {
-        let (a, b) = (node.peer_id(), seed.peer_id());
-        wait_until(node, "has joined", async || {
-            Ok(node.routes_to(b).await? && seed.routes_to(a).await?)
+        let peer = seed.peer_id();
+        wait_until(node, "routing to its seeds", async || {
+            Ok(node.routes_to(peer).await?)
+        })
+        .await?;
+        if network <= K {
+            wait_until(node, "known to its seeds", async || {
+                Ok(seed.routes_to(me).await?)
+            })
+            .await?;
+        }
+    }
+    if network > K {
+        wait_until(node, "routing to its neighbours", async || {
+            Ok(node.status().await?.routing_table >= K)
         })
         .await?;
     }
