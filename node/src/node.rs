@@ -284,6 +284,8 @@ pub struct Status {
     pub announce_requests: u64,
     /// Duration of the last completed round.
     pub last_round: Option<Duration>,
+    /// Freshly stored pieces not yet announced, and announcements in flight.
+    pub announcing: usize,
 }
 
 /// Talks to a running node. Cheap to clone.
@@ -444,10 +446,11 @@ impl Node {
         })?;
         let (key, new_identity) = identity::load_or_create(&config.data_dir)?;
         let peer_id = key.public().to_peer_id();
-        let (store, recovery) = Store::open(
-            &config.data_dir.join("store"),
-            store::Limits::new(config.capacity),
-        )?;
+        let mut limits = store::Limits::new(config.capacity);
+        // A reservation is a protocol timeout: it lasts the same real time
+        // whatever the clock's speed.
+        limits.reservation_ttl *= u64::from(config.clock.speed());
+        let (store, recovery) = Store::open(&config.data_dir.join("store"), limits)?;
         let store = Arc::new(store);
         let providers = ProviderStore::open(
             &config.data_dir.join("providers.redb"),
@@ -994,6 +997,7 @@ impl EventLoop {
             }
             Command::Status { reply } => {
                 let mut s = self.announcer.status.clone();
+                s.announcing = self.announcer.fresh.len() + self.announcer.in_flight.len();
                 s.connected_peers = connected_peers;
                 s.routing_table = b.kad.kbuckets().map(|k| k.num_entries()).sum();
                 s.pieces = self.store.count();

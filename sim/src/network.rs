@@ -491,6 +491,18 @@ impl Network {
         Ok(())
     }
 
+    /// Waits until every node up has announced what it stored (60 s at most).
+    pub async fn announced(&self) -> Result<()> {
+        for i in self.up() {
+            let Some(h) = self.handle(i) else { continue };
+            wait_until(&h, "done announcing", async || {
+                Ok(h.status().await?.announcing == 0)
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
     /// Picks a node index uniformly among those up.
     pub fn random_up(&mut self) -> Option<usize> {
         let up = self.up();
