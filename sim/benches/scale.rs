@@ -36,7 +36,16 @@ fn main() -> Result<()> {
     println!("machine: {cores} cores, {mem_gib:.1} GiB memory");
     println!(
         "{:>6} {:>9} {:>10} {:>8} {:>9} {:>9} {:>9} {:>10} {:>9} {:>9}",
-        "nodes", "up (s)", "conn/node", "adds", "lookups", "found", "wall (s)", "CPU (s)", "CPU/core", "peak GiB"
+        "nodes",
+        "up (s)",
+        "conn/node",
+        "adds",
+        "lookups",
+        "found",
+        "wall (s)",
+        "CPU (s)",
+        "CPU/core",
+        "peak GiB"
     );
     let mut largest = None;
     for n in sizes {
@@ -47,11 +56,15 @@ fn main() -> Result<()> {
         if !out.status.success() {
             println!(
                 "{n:>6} failed: {}",
-                String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("")
+                String::from_utf8_lossy(&out.stderr)
+                    .lines()
+                    .last()
+                    .unwrap_or("")
             );
             break;
         }
-        let r: serde_json::Value = serde_json::from_slice(&out.stdout).context("no JSON from cairn-sim scale")?;
+        let r: serde_json::Value =
+            serde_json::from_slice(&out.stdout).context("no JSON from cairn-sim scale")?;
         let f = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
         let found = f("lookups_found") / f("lookups");
         let peak = f("peak_rss_mib") / 1024.0;

@@ -255,6 +255,11 @@ impl Network {
             .collect()
     }
 
+    /// The directory the nodes' data directories are in.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     /// The node's data directory.
     pub fn dir(&self, i: usize) -> &Path {
         &self.slots[i].dir

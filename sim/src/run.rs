@@ -83,11 +83,7 @@ pub async fn run(s: &Scenario, options: Options) -> Result<Report> {
             .parse()
             .map_err(|e| anyhow::anyhow!("scheme {scheme:?}: {e}"))?;
     }
-    let work_dir = net
-        .dir(0)
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
+    let work_dir = net.root().to_path_buf();
 
     let mut state = RunState {
         stored: BTreeMap::new(),
