@@ -161,11 +161,12 @@ impl Network {
                     self.root.join(format!("node-{i:05}")),
                     "/memory/0".parse().expect("valid"),
                 );
-                let seeds = self.pick_seed_slots();
+                let seeds = self.pick_seeds(self.reachable_from(i));
                 config.bootstrap = seeds.iter().map(|&j| self.p2p_addr(j)).collect();
                 let seed_handles: Vec<Handle> =
                     seeds.iter().filter_map(|&j| self.handle(j)).collect();
-                let network = from + batch;
+                // The nodes it can reach once this wave is up, itself included.
+                let network = self.reachable_from(i).len() + batch;
                 starts.push(async move {
                     let dir = config.data_dir.clone();
                     let node = Node::start(config)
@@ -206,11 +207,24 @@ impl Network {
         c
     }
 
-    /// Up to `config.seeds` running nodes.
-    fn pick_seed_slots(&mut self) -> Vec<usize> {
-        let up = self.up();
-        up.choose_multiple(&mut self.rng, self.config.seeds)
+    /// Up to `config.seeds` of `candidates`.
+    fn pick_seeds(&mut self, candidates: Vec<usize>) -> Vec<usize> {
+        candidates
+            .choose_multiple(&mut self.rng, self.config.seeds)
             .copied()
+            .collect()
+    }
+
+    /// The other nodes up that node `i` (up or not, or not yet started)
+    /// may connect to: all of them, unless a partition puts `i` in a group.
+    fn reachable_from(&self, i: usize) -> Vec<usize> {
+        let group = self.partition.iter().find(|g| g.contains(&i));
+        let blocked = |j: usize| {
+            group.is_some_and(|g| !g.contains(&j)) && self.partition.iter().any(|h| h.contains(&j))
+        };
+        self.up()
+            .into_iter()
+            .filter(|&j| j != i && !blocked(j))
             .collect()
     }
 
@@ -286,7 +300,7 @@ impl Network {
         let dir = self.root.join("client");
         let mut config = self.node_config(dir, "/memory/0".parse().expect("valid"));
         config.capacity = 0;
-        let seeds = self.pick_seed_slots();
+        let seeds = self.pick_seeds(self.up());
         config.bootstrap = seeds.iter().map(|&j| self.p2p_addr(j)).collect();
         let node = Node::start(config)
             .await
@@ -355,7 +369,7 @@ impl Network {
             State::Up => bail!("node {i} is already up"),
             State::Gone => bail!("node {i} left for good"),
         }
-        let seeds = self.pick_seed_slots();
+        let seeds = self.pick_seeds(self.reachable_from(i));
         let slot = &self.slots[i];
         let mut config = self.node_config(slot.dir.clone(), slot.addr.clone());
         config.bootstrap = seeds.iter().map(|&j| self.p2p_addr(j)).collect();
@@ -366,7 +380,7 @@ impl Network {
         self.slots[i].node = Some(node);
         self.apply_partition(i).await?;
         let seeds: Vec<Handle> = seeds.iter().filter_map(|&j| self.handle(j)).collect();
-        joined(&handle, &seeds, self.up().len()).await
+        joined(&handle, &seeds, self.reachable_from(i).len() + 1).await
     }
 
     /// Node `i` leaves for good: stopped (if up) and its data directory deleted.
