@@ -12,7 +12,7 @@ use cairn_protocol::wire::{
 };
 use libp2p::identity::Keypair;
 use libp2p::request_response::{self, ProtocolSupport};
-use libp2p::swarm::NetworkBehaviour;
+use libp2p::swarm::{NetworkBehaviour, behaviour::toggle::Toggle};
 use libp2p::{
     StreamProtocol, allow_block_list, autonat, connection_limits, identify, kad, ping, relay,
 };
@@ -35,8 +35,10 @@ pub struct Behaviour {
     pub limits: connection_limits::Behaviour,
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
-    pub autonat: autonat::Behaviour,
-    pub relay: relay::client::Behaviour,
+    /// NAT traversal, on real networks only: in one process every peer
+    /// reaches every other, and AutoNAT's dial-backs cost connections.
+    pub autonat: Toggle<autonat::Behaviour>,
+    pub relay: Toggle<relay::client::Behaviour>,
     pub kad: kad::Behaviour<ProviderStore>,
     pub store: StoreProtocol,
     pub fetch: FetchProtocol,
@@ -70,10 +72,11 @@ pub fn connection_limits(max: u32) -> connection_limits::Behaviour {
 
 impl Behaviour {
     /// `serve`: whether this peer answers Cairn's protocols (a storage node)
-    /// or only asks (a client).
+    /// or only asks (a client). `relay`: the relay client on a real network,
+    /// which also turns AutoNAT on; `None` in process.
     pub fn new(
         key: &Keypair,
-        relay: relay::client::Behaviour,
+        relay: Option<relay::client::Behaviour>,
         providers: ProviderStore,
         max_connections: u32,
         serve: bool,
@@ -95,8 +98,12 @@ impl Behaviour {
             limits: connection_limits(max_connections),
             identify: identify::Behaviour::new(identify_config(key)),
             ping: ping::Behaviour::default(),
-            autonat: autonat::Behaviour::new(peer, autonat::Config::default()),
-            relay,
+            autonat: Toggle::from(
+                relay
+                    .is_some()
+                    .then(|| autonat::Behaviour::new(peer, autonat::Config::default())),
+            ),
+            relay: Toggle::from(relay),
             kad: kad::Behaviour::with_config(peer, providers, kad_config()),
             store: request_response::Behaviour::new(
                 [(StreamProtocol::new(STORE_PROTOCOL), support.clone())],
