@@ -1,7 +1,7 @@
 //! The Cairn node and the library behind the `cairn` command: the piece
 //! store ([`store`]), the libp2p node ([`node`], [`net`]), the client side
-//! of add/get/cat ([`client`]), filesystem import ([`add`]) and
-//! [`devnet`].
+//! of add/get/cat ([`client`]), filesystem import ([`add`]),
+//! [`devnet`], and the pinner's decisions ([`upkeep`]).
 
 pub mod add;
 pub mod api;
@@ -14,3 +14,4 @@ pub mod identity;
 pub mod net;
 pub mod node;
 pub mod store;
+pub mod upkeep;
