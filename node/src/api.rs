@@ -31,6 +31,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::add::Options;
 use crate::client::{self, Content, GetOptions, Input};
 use crate::node::Handle;
+use crate::pinner::{self, PinStatus, PinSummary};
 
 /// The file in the data directory that says where the API is.
 pub const API_FILE: &str = "api";
@@ -59,6 +60,27 @@ pub struct AddRequest {
     pub encrypt: bool,
     pub scheme: Scheme,
     pub days: u64,
+    /// Keep the content alive from this node (audits, repair): see
+    /// [`crate::pinner`]. Default true.
+    #[serde(default = "yes")]
+    pub pin: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A CID, as `/v1/pin/add`, `/v1/pin/rm` and `/v1/pin/status` take it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PinRequest {
+    pub cid: String,
+}
+
+/// Whether a pin or unpin changed anything.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PinResult {
+    pub cid: String,
+    pub changed: bool,
 }
 
 /// What an add did, as `cairn add --json` prints it.
@@ -76,6 +98,8 @@ pub struct AddResult {
     pub replaced_nodes: usize,
     pub manifest_copies: usize,
     pub already_stored: bool,
+    /// Whether this node now keeps the content alive.
+    pub pinned: bool,
 }
 
 /// One line of the `/v1/add` answer (newline-delimited JSON).
@@ -142,6 +166,15 @@ pub async fn add(
         ..Default::default()
     };
     let added = client::add(net, input, &options, progress).await?;
+    let pinned = if !req.pin {
+        false
+    } else if added.already_stored {
+        pinner::pin_existing(net, added.root).await?;
+        true
+    } else {
+        pinner::pin_added(net, &added)?;
+        true
+    };
     let handle = match key {
         Some(key) => Target::Sealed(SealHandle {
             root: added.root,
@@ -160,6 +193,7 @@ pub async fn add(
         replaced_nodes: added.replaced,
         manifest_copies: added.manifest_holders,
         already_stored: added.already_stored,
+        pinned,
     })
 }
 
@@ -206,6 +240,10 @@ pub async fn serve(net: Handle, listen: SocketAddr, data_dir: &Path) -> Result<S
         .route("/v1/add", post(add_route))
         .route("/v1/get", post(get_route))
         .route("/v1/cat", get(cat_route))
+        .route("/v1/pin/add", post(pin_add_route))
+        .route("/v1/pin/rm", post(pin_rm_route))
+        .route("/v1/pin/ls", get(pin_ls_route))
+        .route("/v1/pin/status", get(pin_status_route))
         .layer(middleware::from_fn_with_state(ctx.clone(), auth))
         .with_state(ctx);
     let (shutdown, stop) = oneshot::channel();
@@ -358,6 +396,53 @@ async fn add_route(
         Body::from_stream(lines),
     )
         .into_response())
+}
+
+fn parse_cid(text: &str) -> Result<cid::Cid, ApiError> {
+    text.parse()
+        .map_err(|e| bad(format!("{text:?} is not a CID: {e}")))
+}
+
+async fn pin_add_route(
+    State(ctx): State<Ctx>,
+    Json(req): Json<PinRequest>,
+) -> Result<Json<PinResult>, ApiError> {
+    let root = parse_cid(&req.cid)?;
+    let changed = pinner::pin_existing(&ctx.net, root).await.map_err(failed)?;
+    Ok(Json(PinResult {
+        cid: req.cid,
+        changed,
+    }))
+}
+
+async fn pin_rm_route(
+    State(ctx): State<Ctx>,
+    Json(req): Json<PinRequest>,
+) -> Result<Json<PinResult>, ApiError> {
+    let root = parse_cid(&req.cid)?;
+    let changed = pinner::unpin(&ctx.net, &root).map_err(failed)?;
+    Ok(Json(PinResult {
+        cid: req.cid,
+        changed,
+    }))
+}
+
+async fn pin_ls_route(State(ctx): State<Ctx>) -> Result<Json<Vec<PinSummary>>, ApiError> {
+    pinner::list(&ctx.net).map(Json).map_err(failed)
+}
+
+async fn pin_status_route(
+    State(ctx): State<Ctx>,
+    Query(req): Query<PinRequest>,
+) -> Result<Json<PinStatus>, ApiError> {
+    let root = parse_cid(&req.cid)?;
+    match pinner::status(&ctx.net, &root).map_err(failed)? {
+        Some(s) => Ok(Json(s)),
+        None => Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("{root} is not pinned on this node"),
+        )),
+    }
 }
 
 async fn open(net: &Handle, target: &str) -> Result<Content, ApiError> {
@@ -553,6 +638,42 @@ impl Remote {
                 output: output.to_path_buf(),
             });
         self.call(sent).map(drop)
+    }
+
+    pub fn pin_add(&self, cid: &str) -> Result<PinResult> {
+        self.pin_change("pin/add", cid)
+    }
+
+    pub fn pin_rm(&self, cid: &str) -> Result<PinResult> {
+        self.pin_change("pin/rm", cid)
+    }
+
+    fn pin_change(&self, endpoint: &str, cid: &str) -> Result<PinResult> {
+        let sent = self
+            .agent
+            .post(self.url(endpoint))
+            .header("Authorization", self.bearer())
+            .send_json(PinRequest { cid: cid.into() });
+        Ok(self.call(sent)?.body_mut().read_json()?)
+    }
+
+    pub fn pin_ls(&self) -> Result<Vec<PinSummary>> {
+        let sent = self
+            .agent
+            .get(self.url("pin/ls"))
+            .header("Authorization", self.bearer())
+            .call();
+        Ok(self.call(sent)?.body_mut().read_json()?)
+    }
+
+    pub fn pin_status(&self, cid: &str) -> Result<PinStatus> {
+        let sent = self
+            .agent
+            .get(self.url("pin/status"))
+            .header("Authorization", self.bearer())
+            .query("cid", cid)
+            .call();
+        Ok(self.call(sent)?.body_mut().read_json()?)
     }
 
     pub fn cat(

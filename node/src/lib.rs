@@ -1,7 +1,8 @@
 //! The Cairn node and the library behind the `cairn` command: the piece
 //! store ([`store`]), the libp2p node ([`node`], [`net`]), the client side
 //! of add/get/cat ([`client`]), filesystem import ([`add`]),
-//! [`devnet`], and the pinner's decisions ([`upkeep`]).
+//! [`devnet`], and keeping pinned content alive: the pin database
+//! ([`pins`]), the pinner's decisions ([`upkeep`]) and its task ([`pinner`]).
 
 pub mod add;
 pub mod api;
@@ -13,5 +14,7 @@ pub mod direct;
 pub mod identity;
 pub mod net;
 pub mod node;
+pub mod pinner;
+pub mod pins;
 pub mod store;
 pub mod upkeep;

@@ -77,6 +77,72 @@ enum Command {
     /// Inspect a node's piece store (while the node is stopped).
     #[command(subcommand)]
     Store(StoreCommand),
+    /// Keep content alive: a pinning node audits the holders of its pieces
+    /// at random times, rates them, and rebuilds lost pieces onto new nodes.
+    ///
+    /// Pins live in a running node (`cairn add` through a node pins what it
+    /// adds); these commands reach it as `add` does, with --data-dir or the
+    /// default data directory.
+    #[command(subcommand)]
+    Pin(PinCommand),
+}
+
+#[derive(Subcommand)]
+enum PinCommand {
+    /// Pin content already in the network: the node finds the holder of
+    /// each piece and takes over its upkeep.
+    Add {
+        cid: cid::Cid,
+        #[command(flatten)]
+        node: NodeDir,
+    },
+    /// List pins with their redundancy margin: the fewest healthy pieces of
+    /// any segment, against the count at which a segment is repaired.
+    Ls {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        node: NodeDir,
+    },
+    /// Unpin: the pieces are no longer audited or repaired, and expire on
+    /// their holders at the end of their term.
+    Rm {
+        cid: cid::Cid,
+        #[command(flatten)]
+        node: NodeDir,
+    },
+    /// Per segment: how many of its k+m pieces are healthy, which nodes hold
+    /// them, when each was last audited and with what result.
+    Status {
+        cid: cid::Cid,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        node: NodeDir,
+    },
+}
+
+/// Which running node a pin command talks to.
+#[derive(clap::Args)]
+struct NodeDir {
+    /// The data directory of the node [default: as for `cairn node`].
+    #[arg(long, env = "CAIRN_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+impl NodeDir {
+    fn remote(self) -> Result<api::Remote> {
+        let dir = self.data_dir.unwrap_or_else(config::default_data_dir);
+        api::Remote::find(&dir)?.with_context(|| {
+            format!(
+                "no node is running in {}: pins live in a running node (`cairn node --data-dir {}`)",
+                dir.display(),
+                dir.display()
+            )
+        })
+    }
 }
 
 #[derive(clap::Args)]
@@ -115,6 +181,11 @@ struct AddArgs {
     /// Print only the CID.
     #[arg(short, long)]
     quiet: bool,
+    /// Do not pin: the node that adds keeps the content alive (audits its
+    /// holders, repairs lost pieces) unless this is given. A short-lived
+    /// client (--bootstrap) cannot pin.
+    #[arg(long)]
+    no_pin: bool,
     #[command(flatten)]
     net: NetArgs,
 }
@@ -298,6 +369,7 @@ fn run() -> Result<()> {
             }
             println!("{root}");
         }
+        Command::Pin(cmd) => pin(cmd)?,
         Command::Car(CarCommand::Verify { car }) => {
             let file =
                 File::open(&car).with_context(|| format!("cannot open {}", car.display()))?;
@@ -430,6 +502,7 @@ fn add(args: AddArgs) -> Result<()> {
         encrypt: args.encrypt,
         scheme: args.scheme,
         days: args.days,
+        pin: !args.no_pin,
     };
     let bar = progress_bar(!args.quiet && !args.json);
     let added = match Via::choose(args.net)? {
@@ -440,6 +513,8 @@ fn add(args: AddArgs) -> Result<()> {
         }),
         Via::Client(bootstrap) => runtime()?.block_on(async {
             let (node, _dir) = client::ephemeral(bootstrap).await?;
+            // A client's pins would go with its temporary directory.
+            let req = api::AddRequest { pin: false, ..req };
             let added = api::add(&node.handle, &req, |p| match p {
                 client::Progress::Hashed { total } => bar.set_length(total),
                 client::Progress::Placed { done } => bar.set_position(done),
@@ -468,9 +543,112 @@ fn add(args: AddArgs) -> Result<()> {
                 added.manifest_copies
             );
         }
+        if !added.pinned && !args.no_pin {
+            eprintln!(
+                "not pinned: a short-lived client cannot keep content alive; `cairn pin add {}` on a node does",
+                added.cid
+            );
+        }
     }
     println!("{}", added.handle);
     Ok(())
+}
+
+fn pin(cmd: PinCommand) -> Result<()> {
+    match cmd {
+        PinCommand::Add { cid, node } => {
+            let r = node.remote()?.pin_add(&cid.to_string())?;
+            if r.changed {
+                println!("pinned {cid}");
+            } else {
+                println!("{cid} was pinned already");
+            }
+        }
+        PinCommand::Rm { cid, node } => {
+            let r = node.remote()?.pin_rm(&cid.to_string())?;
+            if !r.changed {
+                bail!("{cid} is not pinned on this node");
+            }
+            println!("unpinned {cid}");
+        }
+        PinCommand::Ls { json, node } => {
+            let pins = node.remote()?.pin_ls()?;
+            if json {
+                println!("{}", serde_json::to_string(&pins)?);
+                return Ok(());
+            }
+            for p in pins {
+                println!(
+                    "{}  {}  {}  {} segments  healthy ≥ {} (repair at {})",
+                    p.cid,
+                    ByteSize(p.bytes),
+                    p.scheme,
+                    p.segments,
+                    p.min_healthy,
+                    p.threshold
+                );
+            }
+        }
+        PinCommand::Status { cid, json, node } => {
+            let s = node.remote()?.pin_status(&cid.to_string())?;
+            if json {
+                println!("{}", serde_json::to_string(&s)?);
+                return Ok(());
+            }
+            let total: usize = s.segments.first().map_or(0, |g| g.pieces.len());
+            println!(
+                "{}  {}  {}  manifest {}",
+                s.summary.cid,
+                ByteSize(s.summary.bytes),
+                s.summary.scheme,
+                s.manifest
+            );
+            println!(
+                "healthy pieces ≥ {} of {total} in every segment; a segment is repaired at {}",
+                s.summary.min_healthy, s.summary.threshold
+            );
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            for (i, seg) in s.segments.iter().enumerate() {
+                println!("segment {i}: {}/{} healthy", seg.healthy, seg.pieces.len());
+                for p in &seg.pieces {
+                    let audit = match (p.last_audit, &p.last_result) {
+                        (Some(t), Some(r)) => format!("{r} {} ago", ago(now, t)),
+                        _ => "not audited yet".into(),
+                    };
+                    println!(
+                        "  {}  {:<11}  {}  {audit}",
+                        p.piece,
+                        p.state,
+                        p.holder.as_deref().unwrap_or("no holder known")
+                    );
+                }
+            }
+            let c = s.counters;
+            println!(
+                "this node: {} audits ({} failed, {} of proofs), {} repairs rebuilt {} pieces ({} of traffic)",
+                c.audits,
+                c.audits_failed,
+                ByteSize(c.audit_bytes),
+                c.repairs,
+                c.pieces_rebuilt,
+                ByteSize(c.repair_bytes)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `then` before `now` (unix seconds), as a short duration.
+fn ago(now: u64, then: u64) -> String {
+    let s = now.saturating_sub(then);
+    match s {
+        0..120 => format!("{s} s"),
+        120..7200 => format!("{} min", s / 60),
+        7200..172_800 => format!("{} h", s / 3600),
+        _ => format!("{} days", s / 86_400),
+    }
 }
 
 /// How a command reaches the network: through a running local node's

@@ -27,6 +27,8 @@ use tokio::task::JoinSet;
 use crate::identity;
 use crate::net::providers::{self, ProviderStore};
 use crate::net::{Behaviour, BehaviourEvent};
+use crate::pinner::{self, Pinning};
+use crate::pins::Pins;
 use crate::store::{self, Store};
 
 /// Store jobs (writes, verified reads, proofs) run at once.
@@ -61,6 +63,8 @@ pub struct Config {
     pub transport: Transport,
     /// The node's sense of time. Default [`Clock::real`].
     pub clock: Clock,
+    /// How the node keeps its pinned content alive.
+    pub pinner: pinner::Settings,
 }
 
 /// How a node reaches other peers.
@@ -147,6 +151,7 @@ impl Config {
             fault: None,
             transport: Transport::Network,
             clock: Clock::real(),
+            pinner: pinner::Settings::default(),
         }
     }
 }
@@ -157,6 +162,8 @@ pub enum StartError {
     Identity(#[from] identity::Error),
     #[error("piece store: {0}")]
     Store(Box<store::Error>),
+    #[error("pin database: {0}")]
+    Pins(#[from] crate::pins::Error),
     #[error("provider store: {0}")]
     Providers(String),
     #[error("network: {0}")]
@@ -193,6 +200,8 @@ enum Outbound {
     Store(StoreRequest, Answer<StoreResponse>),
     Fetch(FetchRequest, Answer<FetchResponse>),
     Audit(AuditRequest, Answer<AuditResponse>),
+    /// A connection, so that a request's answer time excludes dialing.
+    Connect(Answer<()>),
 }
 
 impl Outbound {
@@ -202,6 +211,7 @@ impl Outbound {
             Outbound::Store(_, a) => a.send(Err(error)).is_ok(),
             Outbound::Fetch(_, a) => a.send(Err(error)).is_ok(),
             Outbound::Audit(_, a) => a.send(Err(error)).is_ok(),
+            Outbound::Connect(a) => a.send(Err(error)).is_ok(),
         };
     }
 }
@@ -295,6 +305,8 @@ pub struct Handle {
     peer_id: PeerId,
     commands: mpsc::Sender<Command>,
     clock: Clock,
+    /// Weak: the pin database closes when the node stops.
+    pinning: std::sync::Weak<Pinning>,
 }
 
 impl Handle {
@@ -305,6 +317,14 @@ impl Handle {
     /// Seconds since the Unix epoch on the node's clock.
     pub fn now(&self) -> u64 {
         self.clock.now()
+    }
+
+    pub fn clock(&self) -> Clock {
+        self.clock
+    }
+
+    pub(crate) fn pinning(&self) -> &std::sync::Weak<Pinning> {
+        &self.pinning
     }
 
     async fn call<T>(
@@ -351,6 +371,16 @@ impl Handle {
         self.call(|a| Command::Request {
             peer,
             outbound: Outbound::Audit(request, a),
+        })
+        .await?
+    }
+
+    /// Connects to `peer` (finding its address in the DHT if need be);
+    /// at once if connected.
+    pub async fn connect(&self, peer: PeerId) -> Result<(), RequestError> {
+        self.call(|a| Command::Request {
+            peer,
+            outbound: Outbound::Connect(a),
         })
         .await?
     }
@@ -432,6 +462,8 @@ pub struct Node {
     shutdown: oneshot::Sender<Stop>,
     task: tokio::task::JoinHandle<()>,
     permits: Arc<Semaphore>,
+    pinner_stop: oneshot::Sender<()>,
+    pinner: tokio::task::JoinHandle<()>,
 }
 
 impl Node {
@@ -476,6 +508,10 @@ impl Node {
                 tracing::warn!(%addr, error = %e, "cannot dial bootstrap peer");
             }
         }
+        let pinning = Pinning::new(
+            Pins::open(&config.data_dir.join("pins.redb"))?,
+            config.pinner.clone(),
+        );
         let signer = identity::signing_key(&key)
             .ok_or_else(|| StartError::Network("identity is not an ed25519 key".into()))?;
         let (commands, command_rx) = mpsc::channel(COMMANDS);
@@ -497,6 +533,7 @@ impl Node {
             closest: HashMap::new(),
             stalled: VecDeque::new(),
             unaddressed: HashMap::new(),
+            connecting: HashMap::new(),
             announcer: Announcer::new(config.announce_concurrency),
             listeners: listening.into_iter().map(|(id, _)| id).collect(),
             fault: config.fault,
@@ -504,12 +541,16 @@ impl Node {
             config,
         };
         let task = tokio::spawn(event_loop.run(shutdown_rx));
+        let handle = Handle {
+            peer_id,
+            commands,
+            clock,
+            pinning: Arc::downgrade(&pinning),
+        };
+        let (pinner_stop, stop_rx) = oneshot::channel();
+        let pinner = tokio::spawn(pinner::run(handle.clone(), pinning, stop_rx));
         Ok(Node {
-            handle: Handle {
-                peer_id,
-                commands,
-                clock,
-            },
+            handle,
             peer_id,
             listen_addrs,
             new_identity,
@@ -517,11 +558,15 @@ impl Node {
             shutdown,
             task,
             permits,
+            pinner_stop,
+            pinner,
         })
     }
 
     /// Stops the node: in-flight store work finishes, then the databases close.
     pub async fn stop(self) {
+        let _ = self.pinner_stop.send(());
+        let _ = self.pinner.await;
         let _ = self.shutdown.send(Stop::Clean);
         let _ = self.task.await;
     }
@@ -532,6 +577,8 @@ impl Node {
     /// is crash-safe either way); this returns once it has, so the data
     /// directory can be opened again.
     pub async fn crash(self) {
+        self.pinner.abort();
+        let _ = self.pinner.await;
         let _ = self.shutdown.send(Stop::Crash);
         let _ = self.task.await;
         // Every job holds a permit until its store work is done.
@@ -812,6 +859,8 @@ struct EventLoop {
     stalled: VecDeque<ResponseChannel<FetchResponse>>,
     /// Requests to peers whose address is being looked up in the DHT.
     unaddressed: HashMap<QueryId, Vec<(PeerId, Outbound)>>,
+    /// Connects awaited, per peer (at most [`CONNECT_WAITERS`] each).
+    connecting: HashMap<PeerId, Vec<Answer<()>>>,
     announcer: Announcer,
     listeners: Vec<ListenerId>,
     /// Misbehaviour for fault tests, settable while running.
@@ -825,6 +874,8 @@ type ProvidersReply = oneshot::Sender<Result<HashSet<PeerId>, RequestError>>;
 
 /// Requests parked while their peer's address is looked up.
 const UNADDRESSED: usize = 256;
+/// Connects awaited per peer.
+const CONNECT_WAITERS: usize = 64;
 
 impl EventLoop {
     async fn run(mut self, mut shutdown: oneshot::Receiver<Stop>) {
@@ -1028,7 +1079,13 @@ impl EventLoop {
             }
             SwarmEvent::ConnectionEstablished { peer_id, .. } => {
                 tracing::debug!(%peer_id, "connected");
+                self.connected(peer_id, Ok(()));
             }
+            SwarmEvent::OutgoingConnectionError {
+                peer_id: Some(peer),
+                error,
+                ..
+            } if !self.swarm.is_connected(&peer) => self.connected(peer, Err(error.to_string())),
             _ => {}
         }
     }
@@ -1259,6 +1316,16 @@ impl EventLoop {
         }
     }
 
+    /// Tells whoever waits for a connection to `peer` how it went.
+    fn connected(&mut self, peer: PeerId, result: Result<(), String>) {
+        for a in self.connecting.remove(&peer).unwrap_or_default() {
+            let _ = a.send(result.clone().map_err(|reason| RequestError::Failed {
+                peer,
+                reason: format!("cannot connect: {reason}"),
+            }));
+        }
+    }
+
     fn send(&mut self, peer: PeerId, outbound: Outbound) {
         let (b, w) = (self.swarm.behaviour_mut(), &mut self.awaiting);
         match outbound {
@@ -1270,6 +1337,22 @@ impl EventLoop {
             }
             Outbound::Audit(r, a) => {
                 w.audit.insert(b.audit.send_request(&peer, r), a);
+            }
+            Outbound::Connect(a) => {
+                if self.swarm.is_connected(&peer) {
+                    let _ = a.send(Ok(()));
+                    return;
+                }
+                let waiting = self.connecting.entry(peer).or_default();
+                if waiting.len() >= CONNECT_WAITERS {
+                    let _ = a.send(Err(RequestError::Lookup("too many waiting".into())));
+                    return;
+                }
+                waiting.push(a);
+                match self.swarm.dial(peer) {
+                    Ok(()) | Err(libp2p::swarm::DialError::DialPeerConditionFalse(_)) => {}
+                    Err(e) => self.connected(peer, Err(e.to_string())),
+                }
             }
         }
     }

@@ -212,7 +212,7 @@ pub struct PieceView {
     pub state: HolderState,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum HolderState {
     /// Passed its last audit, or not audited yet since it stored the piece.
     Healthy,

@@ -13,6 +13,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, bail, ensure};
 use cairn_node::client::{self, AddOptions, Added, Content, GetOptions, Input};
 use cairn_node::node::{Clock, Config as NodeConfig, Fault, Handle, Node, Status, Transport};
+use cairn_node::pinner;
 use cid::Cid;
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
@@ -44,6 +45,9 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// Seed of the RNG behind seeds and fault choices.
     pub seed: u64,
+    /// How every node, the client included, keeps pinned content alive.
+    /// The client pins what [`Network::add`] adds.
+    pub pinner: pinner::Settings,
     /// Where the nodes' data directories go; default a temporary directory
     /// removed when the network drops.
     pub dir: Option<PathBuf>,
@@ -61,6 +65,7 @@ impl Default for Config {
             max_connections: 512,
             idle_timeout: Duration::from_secs(10),
             seed: 0,
+            pinner: pinner::Settings::default(),
             dir: None,
         }
     }
@@ -204,6 +209,7 @@ impl Network {
         c.clock = self.clock;
         c.max_connections = self.config.max_connections;
         c.idle_timeout = self.config.idle_timeout;
+        c.pinner = self.config.pinner.clone();
         c
     }
 
@@ -314,7 +320,7 @@ impl Network {
         Ok(handle)
     }
 
-    /// Adds `bytes` as a file through the client.
+    /// Adds `bytes` as a file through the client, which pins it.
     pub async fn add(&mut self, bytes: &[u8], options: &AddOptions) -> Result<Added> {
         let client = self.client().await?;
         let path = self.root.join("client-input");
@@ -325,7 +331,13 @@ impl Network {
             path,
             options: Default::default(),
         };
-        client::add(&client, input, options, |_| {}).await
+        let added = client::add(&client, input, options, |_| {}).await?;
+        if added.already_stored {
+            pinner::pin_existing(&client, added.root).await?;
+        } else {
+            pinner::pin_added(&client, &added)?;
+        }
+        Ok(added)
     }
 
     /// Gets the whole content `root` through the client.
@@ -434,6 +446,22 @@ impl Network {
             std::fs::remove_file(f).with_context(|| format!("cannot remove {}", f.display()))?;
         }
         Ok(files.len())
+    }
+
+    /// Deletes node `i`'s file of `piece` behind its back; false if it has none.
+    pub fn drop_piece(&mut self, i: usize, piece: &Cid) -> Result<bool> {
+        let name = piece.to_string();
+        let shard = &name[name.len().saturating_sub(2)..];
+        let path = self.slots[i]
+            .dir
+            .join("store/pieces")
+            .join(shard)
+            .join(&name);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e).with_context(|| format!("cannot remove {}", path.display())),
+        }
     }
 
     /// Node `i`'s piece files in name order, of which `fraction` are chosen.

@@ -75,8 +75,12 @@ pub struct Added {
     pub manifest: Cid,
     /// Bytes of all blocks.
     pub bytes: u64,
+    pub scheme: Scheme,
     /// Per segment, its `k + m` piece CIDs, data pieces first.
     pub segments: Vec<Vec<Cid>>,
+    /// Per segment, the node holding each piece; empty when
+    /// `already_stored` (this add placed nothing).
+    pub holders: Vec<Vec<Option<PeerId>>>,
     /// Pieces placed (receipts, or nodes that already held the piece).
     pub pieces: usize,
     /// Nodes that refused or failed and were replaced.
@@ -118,7 +122,9 @@ pub async fn add(
             root,
             manifest: m.cid(),
             bytes: m.stream_len,
+            scheme: m.scheme,
             segments: m.segments,
+            holders: Vec::new(),
             pieces: 0,
             replaced: 0,
             manifest_holders: 0,
@@ -146,6 +152,7 @@ pub async fn add(
     });
 
     let (mut placing, mut placed_bytes, mut pieces) = (FuturesUnordered::new(), 0u64, 0usize);
+    let mut holders: Vec<Vec<Option<PeerId>>> = Vec::new();
     let mut receiving = true;
     loop {
         tokio::select! {
@@ -156,9 +163,14 @@ pub async fn add(
                 }
             }
             Some(result) = placing.next() => {
-                let (bytes, n) = result?;
+                let (index, bytes, placed) = result?;
                 placed_bytes += bytes;
-                pieces += n;
+                pieces += placed.len();
+                let index = index as usize;
+                if holders.len() <= index {
+                    holders.resize(index + 1, Vec::new());
+                }
+                holders[index] = placed;
                 progress(Progress::Placed { done: placed_bytes.min(total) });
             }
             else => break,
@@ -180,7 +192,9 @@ pub async fn add(
         root,
         manifest: manifest.cid(),
         bytes: manifest.stream_len,
+        scheme: manifest.scheme,
         segments: manifest.segments,
+        holders,
         pieces,
         replaced,
         manifest_holders,
@@ -334,9 +348,12 @@ impl Placement {
     }
 }
 
-/// Places every piece of a segment; returns its data bytes (padding
-/// included) and piece count.
-async fn place_segment(shared: Arc<Shared>, segment: EncodedSegment) -> Result<(u64, usize)> {
+/// Places every piece of a segment; returns its index, its data bytes
+/// (padding included) and the node holding each piece.
+async fn place_segment(
+    shared: Arc<Shared>,
+    segment: EncodedSegment,
+) -> Result<(u64, u64, Vec<Option<PeerId>>)> {
     let index = segment.index;
     let n = segment.pieces.len();
     let bytes: u64 = segment.pieces[..shared.k]
@@ -358,6 +375,7 @@ async fn place_segment(shared: Arc<Shared>, segment: EncodedSegment) -> Result<(
         }
     };
     let mut last_error = String::from("no storage node found");
+    let mut holders = vec![None; n];
     for (i, (cid, _)) in pieces.iter().enumerate() {
         match next_node(&shared, &mut plan, i, *cid).await? {
             Some(peer) => attempts.push(attempt(i, peer, pieces[i].clone())),
@@ -388,6 +406,7 @@ async fn place_segment(shared: Arc<Shared>, segment: EncodedSegment) -> Result<(
                 if ok {
                     // Placed: its bytes are needed no more.
                     pieces[i].1 = Bytes::new();
+                    holders[i].get_or_insert(peer);
                 }
                 if plan.finish(i, ok) {
                     match next_node(&shared, &mut plan, i, pieces[i].0).await? {
@@ -410,7 +429,7 @@ async fn place_segment(shared: Arc<Shared>, segment: EncodedSegment) -> Result<(
         }
     }
     // Dropping the remaining attempts cancels the slowest.
-    Ok((bytes, n))
+    Ok((index, bytes, holders))
 }
 
 /// Starts piece `i` (CID `cid`) on the next candidate, looking up more
@@ -429,7 +448,7 @@ async fn next_node(
 
 /// Offers a piece to `peer` and, if accepted, sends it; succeeds with a
 /// receipt signed by `peer` for this piece, or when `peer` already holds it.
-async fn upload(
+pub(crate) async fn upload(
     net: &Handle,
     peer: PeerId,
     piece: Cid,
