@@ -598,14 +598,14 @@ fn pin(cmd: PinCommand) -> Result<()> {
             let total: usize = s.segments.first().map_or(0, |g| g.pieces.len());
             println!(
                 "{}  {}  {}  manifest {}",
-                s.summary.cid,
-                ByteSize(s.summary.bytes),
-                s.summary.scheme,
+                s.pin.cid,
+                ByteSize(s.pin.bytes),
+                s.pin.scheme,
                 s.manifest
             );
             println!(
                 "healthy pieces ≥ {} of {total} in every segment; a segment is repaired at {}",
-                s.summary.min_healthy, s.summary.threshold
+                s.pin.min_healthy, s.pin.threshold
             );
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)

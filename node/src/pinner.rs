@@ -97,13 +97,20 @@ pub fn pin_added(net: &Handle, added: &Added) -> Result<bool> {
     let now = net.now();
     let mut rng = StdRng::from_entropy();
     let mut rows = Vec::new();
-    for (s, (pieces, holders)) in added.segments.iter().zip(&added.holders).enumerate() {
-        for (i, (piece, holder)) in pieces.iter().zip(holders).enumerate() {
+    for (s, pieces) in added.segments.iter().enumerate() {
+        for (i, piece) in pieces.iter().enumerate() {
+            // A piece with no known holder is rebuilt by the first round.
+            let holder = added
+                .holders
+                .get(s)
+                .and_then(|h| h.get(i))
+                .copied()
+                .flatten();
             rows.push((
                 slot(s, i),
                 PieceRow {
                     piece: *piece,
-                    holder: *holder,
+                    holder,
                     state: HolderState::Healthy,
                     next_audit: upkeep::next_audit(now, &settings.upkeep, &mut rng),
                     last_audit: None,
@@ -204,8 +211,7 @@ pub struct PinSummary {
 /// One pin, segment by segment, as `cairn pin status` shows it.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct PinStatus {
-    #[serde(flatten)]
-    pub summary: PinSummary,
+    pub pin: PinSummary,
     pub manifest: String,
     pub segments: Vec<SegmentStatus>,
     pub counters: Counters,
@@ -282,7 +288,7 @@ pub fn status(net: &Handle, root: &Cid) -> Result<Option<PinStatus>> {
         })
         .collect();
     Ok(Some(PinStatus {
-        summary: summary(root, &pin, &segs, now, settings),
+        pin: summary(root, &pin, &segs, now, settings),
         manifest: pin.manifest.to_string(),
         segments,
         counters: p.pins.counters()?,

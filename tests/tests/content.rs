@@ -422,6 +422,45 @@ async fn sealed_content_round_trips_and_nodes_hold_no_plaintext() -> Result<()> 
     let text = String::from_utf8(out.stdout)?.trim().to_owned();
     let handle: seal::Handle = text.parse()?;
 
+    // Node 0 pinned what it added: one segment, 9 pieces, each on a node.
+    let cid = handle.root.to_string();
+    let json = |out: std::process::Output| -> Result<serde_json::Value> {
+        ensure!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(serde_json::from_slice(&out.stdout)?)
+    };
+    let ls = json(via_node(&["pin", "ls", "--json"])?)?;
+    ensure!(
+        ls[0]["cid"] == cid.as_str() && ls[0]["min_healthy"] == 9,
+        "{ls}"
+    );
+    ensure!(ls[0]["threshold"] == 8, "6+3 repairs at 8: {ls}");
+    let status = json(via_node(&["pin", "status", &cid, "--json"])?)?;
+    let pieces = status["segments"][0]["pieces"]
+        .as_array()
+        .context("pieces")?;
+    ensure!(
+        pieces.len() == 9 && pieces.iter().all(|p| p["holder"].is_string()),
+        "{status}"
+    );
+    // Unpinned, then pinned again from the network: the holders are found.
+    ensure!(via_node(&["pin", "rm", &cid])?.status.success());
+    ensure!(json(via_node(&["pin", "ls", "--json"])?)? == serde_json::json!([]));
+    let out = via_node(&["pin", "status", &cid])?;
+    ensure!(String::from_utf8_lossy(&out.stderr).contains("is not pinned"));
+    ensure!(via_node(&["pin", "add", &cid])?.status.success());
+    let status = json(via_node(&["pin", "status", &cid, "--json"])?)?;
+    let found = status["segments"][0]["pieces"]
+        .as_array()
+        .context("pieces")?
+        .iter()
+        .filter(|p| p["holder"].is_string())
+        .count();
+    ensure!(found == 9, "{found} holders found: {status}");
+
     // Back whole through a client of the command's own, and as a range
     // across seal records through the node.
     let got = work.path().join("secret.out");
