@@ -52,7 +52,6 @@ async fn a_churn_scenario_rerun_with_its_seed_gives_the_same_run() -> Result<()>
     assert!(x.crashes > 0 && x.departures > 0 && x.joins > 0, "{x:?}");
     for (name, p, q) in [
         ("adds", x.adds, y.adds),
-        ("gets", x.gets, y.gets),
         ("joins", x.joins, y.joins),
         ("departures", x.departures, y.departures),
         ("crashes", x.crashes, y.crashes),
@@ -64,6 +63,9 @@ async fn a_churn_scenario_rerun_with_its_seed_gives_the_same_run() -> Result<()>
     assert_eq!(nodes(&a), nodes(&b), "nodes up at every sample");
     // Outcomes depend on timing as well: within the tolerance docs state.
     assert!(x.adds_failed.abs_diff(y.adds_failed) <= 2, "{x:?} {y:?}");
+    // A get drawn before any add has finished has nothing to fetch and is
+    // skipped: how many ran depends on when the first adds finish.
+    assert!(x.gets.abs_diff(y.gets) <= 2, "{x:?} {y:?}");
     assert!((x.get_success - y.get_success).abs() <= 0.05, "{x:?} {y:?}");
     assert!(
         x.contents_lost.abs_diff(y.contents_lost) <= 1,

@@ -265,3 +265,65 @@ async fn droppers_are_caught_and_restarts_are_not_failures() -> Result<()> {
     net.shutdown().await;
     Ok(())
 }
+
+/// Files under `dir`, recursively (none if it does not exist).
+fn files(dir: &std::path::Path) -> Result<usize> {
+    let mut n = 0;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(0);
+    };
+    for e in entries {
+        let e = e?;
+        n += if e.file_type()?.is_dir() {
+            files(&e.path())?
+        } else {
+            1
+        };
+    }
+    Ok(n)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unpinned_content_is_gone_from_every_disk_after_its_term() -> Result<()> {
+    let mut net = Network::start(config(12, 13)).await?;
+    let term = Duration::from_secs(3600);
+    let options = AddOptions {
+        term,
+        ..Default::default()
+    };
+    let added = net.add(&bytes(1 << 20, 300), &options).await?;
+    let client = net.client().await?;
+    assert!(pinner::unpin(&client, &added.root)?);
+    let mut held = 0;
+    for i in net.up() {
+        held += net.status(i).await?.pieces;
+    }
+    assert!(held >= 9, "pieces and manifest copies stored: {held}");
+    let expires = client.now() + term.as_secs();
+
+    // An hour later (18 s of real time) the expiry sweep (every 10
+    // simulated minutes) has deleted every piece and freed its space.
+    wait_for("expired everywhere", Duration::from_secs(90), || {
+        Ok(files_everywhere(&net)? == 0)
+    })
+    .await?;
+    assert!(
+        client.now() >= expires,
+        "nothing is deleted before its term"
+    );
+    for i in net.up() {
+        let s = net.status(i).await?;
+        assert_eq!((s.pieces, s.used), (0, 0), "node {i} holds nothing");
+    }
+    net.shutdown().await;
+    Ok(())
+}
+
+/// Piece files on every node's disk.
+fn files_everywhere(net: &Network) -> Result<usize> {
+    let mut n = 0;
+    for i in net.up() {
+        n += files(&net.dir(i).join("store/pieces"))?;
+    }
+    Ok(n)
+}
