@@ -185,26 +185,44 @@ impl Pins {
         Ok(was)
     }
 
-    pub fn get(&self, root: &Cid) -> Result<Option<Pin>, Error> {
+    /// The value at `key` of a table keyed by bytes.
+    fn one<T: for<'de> Deserialize<'de>>(
+        &self,
+        table: TableDefinition<&[u8], &[u8]>,
+        key: &[u8],
+    ) -> Result<Option<T>, Error> {
         let txn = self.db.begin_read().map_err(db_err)?;
-        let pins = txn.open_table(PINS).map_err(db_err)?;
-        pins.get(root.to_bytes().as_slice())
+        let table = txn.open_table(table).map_err(db_err)?;
+        table
+            .get(key)
             .map_err(db_err)?
             .map(|v| decode(v.value()))
             .transpose()
     }
 
-    /// Every pin, in root CID byte order.
-    pub fn list(&self) -> Result<Vec<(Cid, Pin)>, Error> {
+    /// Every entry of a table keyed by bytes, in key order.
+    fn all<K, T: for<'de> Deserialize<'de>>(
+        &self,
+        table: TableDefinition<&[u8], &[u8]>,
+        parse: impl Fn(&[u8]) -> Result<K, String>,
+    ) -> Result<Vec<(K, T)>, Error> {
         let txn = self.db.begin_read().map_err(db_err)?;
-        let pins = txn.open_table(PINS).map_err(db_err)?;
+        let table = txn.open_table(table).map_err(db_err)?;
         let mut out = Vec::new();
-        for item in pins.iter().map_err(db_err)? {
+        for item in table.iter().map_err(db_err)? {
             let (k, v) = item.map_err(db_err)?;
-            let root = Cid::try_from(k.value()).map_err(|e| Error::Decode(e.to_string()))?;
-            out.push((root, decode(v.value())?));
+            out.push((parse(k.value()).map_err(Error::Decode)?, decode(v.value())?));
         }
         Ok(out)
+    }
+
+    pub fn get(&self, root: &Cid) -> Result<Option<Pin>, Error> {
+        self.one(PINS, &root.to_bytes())
+    }
+
+    /// Every pin, in root CID byte order.
+    pub fn list(&self) -> Result<Vec<(Cid, Pin)>, Error> {
+        self.all(PINS, |k| Cid::try_from(k).map_err(|e| e.to_string()))
     }
 
     /// The pieces of pin `root`, in (segment, index) order.
@@ -225,26 +243,12 @@ impl Pins {
     }
 
     pub fn reputation(&self, peer: &PeerId) -> Result<Option<Reputation>, Error> {
-        let txn = self.db.begin_read().map_err(db_err)?;
-        let table = txn.open_table(PEERS).map_err(db_err)?;
-        table
-            .get(peer.to_bytes().as_slice())
-            .map_err(db_err)?
-            .map(|v| decode(v.value()))
-            .transpose()
+        self.one(PEERS, &peer.to_bytes())
     }
 
     /// Every rated peer.
     pub fn reputations(&self) -> Result<Vec<(PeerId, Reputation)>, Error> {
-        let txn = self.db.begin_read().map_err(db_err)?;
-        let table = txn.open_table(PEERS).map_err(db_err)?;
-        let mut out = Vec::new();
-        for item in table.iter().map_err(db_err)? {
-            let (k, v) = item.map_err(db_err)?;
-            let peer = PeerId::from_bytes(k.value()).map_err(|e| Error::Decode(e.to_string()))?;
-            out.push((peer, decode(v.value())?));
-        }
-        Ok(out)
+        self.all(PEERS, |k| PeerId::from_bytes(k).map_err(|e| e.to_string()))
     }
 
     pub fn counters(&self) -> Result<Counters, Error> {

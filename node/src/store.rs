@@ -258,9 +258,7 @@ impl Store {
     }
 
     fn piece_path(&self, piece: &Cid) -> PathBuf {
-        let name = piece.to_string();
-        let shard = &name[name.len().saturating_sub(2)..];
-        self.dir.join("pieces").join(shard).join(name)
+        piece_file(&self.dir, piece)
     }
 
     fn tmp_path(&self, piece: &Cid) -> PathBuf {
@@ -835,6 +833,14 @@ fn decode_entry(piece: &Cid, bytes: &[u8]) -> Result<Entry, Error> {
         piece: *piece,
         reason: e.to_string(),
     })
+}
+
+/// Where the store in `dir` keeps `piece`: `pieces/<last two characters of
+/// the CID>/<CID>` (docs/PROTOCOL.md §10).
+pub fn piece_file(dir: &Path, piece: &Cid) -> PathBuf {
+    let name = piece.to_string();
+    let shard = &name[name.len().saturating_sub(2)..];
+    dir.join("pieces").join(shard).join(name)
 }
 
 fn cid_of(path: &Path) -> Option<Cid> {

@@ -450,18 +450,17 @@ impl Network {
 
     /// Deletes node `i`'s file of `piece` behind its back; false if it has none.
     pub fn drop_piece(&mut self, i: usize, piece: &Cid) -> Result<bool> {
-        let name = piece.to_string();
-        let shard = &name[name.len().saturating_sub(2)..];
-        let path = self.slots[i]
-            .dir
-            .join("store/pieces")
-            .join(shard)
-            .join(&name);
+        let path = cairn_node::store::piece_file(&self.slots[i].dir.join("store"), piece);
         match std::fs::remove_file(&path) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(e).with_context(|| format!("cannot remove {}", path.display())),
         }
+    }
+
+    /// The piece files on node `i`'s disk.
+    pub fn piece_files(&self, i: usize) -> Result<Vec<PathBuf>> {
+        piece_files(&self.slots[i].dir.join("store/pieces"))
     }
 
     /// Node `i`'s piece files in name order, of which `fraction` are chosen.

@@ -40,6 +40,22 @@ fn config(nodes: usize, seed: u64) -> Config {
     }
 }
 
+/// A network of `nodes` whose client added and pinned `n` contents of 1 MiB.
+async fn with_content(
+    nodes: usize,
+    seed: u64,
+    n: u64,
+) -> Result<(Network, Handle, Vec<Vec<u8>>, Vec<Added>)> {
+    let mut net = Network::start(config(nodes, seed)).await?;
+    let contents: Vec<Vec<u8>> = (0..n).map(|i| bytes(1 << 20, seed * 100 + i)).collect();
+    let mut added = Vec::new();
+    for c in &contents {
+        added.push(net.add(c, &AddOptions::default()).await?);
+    }
+    let client = net.client().await?;
+    Ok((net, client, contents, added))
+}
+
 fn status(client: &Handle, added: &Added) -> Result<PinStatus> {
     match pinner::status(client, &added.root)? {
         Some(s) => Ok(s),
@@ -80,13 +96,10 @@ fn whole(client: &Handle, added: &[Added]) -> Result<bool> {
 
 /// Nodes holding a piece of `added`, by the pinner's records.
 fn holders(client: &Handle, added: &[Added]) -> Result<HashSet<String>> {
-    let mut out = HashSet::new();
-    for a in added {
-        for g in status(client, a)?.segments {
-            out.extend(g.pieces.into_iter().filter_map(|p| p.holder));
-        }
-    }
-    Ok(out)
+    Ok(placements(client, added)?
+        .into_iter()
+        .map(|(_, h)| h)
+        .collect())
 }
 
 /// (piece, holder) of every pinned piece with a known holder.
@@ -106,13 +119,7 @@ fn placements(client: &Handle, added: &[Added]) -> Result<HashSet<(String, Strin
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thirty_percent_of_nodes_leaving_loses_no_content() -> Result<()> {
-    let mut net = Network::start(config(20, 11)).await?;
-    let contents: Vec<Vec<u8>> = (0..3).map(|i| bytes(1 << 20, 100 + i)).collect();
-    let mut added = Vec::new();
-    for c in &contents {
-        added.push(net.add(c, &AddOptions::default()).await?);
-    }
-    let client = net.client().await?;
+    let (mut net, client, contents, added) = with_content(20, 11, 3).await?;
     assert!(whole(&client, &added)?, "every piece placed and healthy");
 
     // 6 of 20 nodes leave for good, holders first, in two waves of 3: a
@@ -170,13 +177,7 @@ async fn thirty_percent_of_nodes_leaving_loses_no_content() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn droppers_are_caught_and_restarts_are_not_failures() -> Result<()> {
-    let mut net = Network::start(config(20, 12)).await?;
-    let contents: Vec<Vec<u8>> = (0..8).map(|i| bytes(1 << 20, 200 + i)).collect();
-    let mut added = Vec::new();
-    for c in &contents {
-        added.push(net.add(c, &AddOptions::default()).await?);
-    }
-    let client = net.client().await?;
+    let (mut net, client, contents, added) = with_content(20, 12, 8).await?;
     let placed_before = placements(&client, &added)?;
 
     // 10% of the nodes (2 of 20), the two holding the most pinned pieces,
@@ -266,23 +267,6 @@ async fn droppers_are_caught_and_restarts_are_not_failures() -> Result<()> {
     Ok(())
 }
 
-/// Files under `dir`, recursively (none if it does not exist).
-fn files(dir: &std::path::Path) -> Result<usize> {
-    let mut n = 0;
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Ok(0);
-    };
-    for e in entries {
-        let e = e?;
-        n += if e.file_type()?.is_dir() {
-            files(&e.path())?
-        } else {
-            1
-        };
-    }
-    Ok(n)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unpinned_content_is_gone_from_every_disk_after_its_term() -> Result<()> {
     let mut net = Network::start(config(12, 13)).await?;
@@ -304,7 +288,12 @@ async fn unpinned_content_is_gone_from_every_disk_after_its_term() -> Result<()>
     // An hour later (18 s of real time) the expiry sweep (every 10
     // simulated minutes) has deleted every piece and freed its space.
     wait_for("expired everywhere", Duration::from_secs(90), || {
-        Ok(files_everywhere(&net)? == 0)
+        for i in net.up() {
+            if !net.piece_files(i)?.is_empty() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     })
     .await?;
     assert!(
@@ -317,13 +306,4 @@ async fn unpinned_content_is_gone_from_every_disk_after_its_term() -> Result<()>
     }
     net.shutdown().await;
     Ok(())
-}
-
-/// Piece files on every node's disk.
-fn files_everywhere(net: &Network) -> Result<usize> {
-    let mut n = 0;
-    for i in net.up() {
-        n += files(&net.dir(i).join("store/pieces"))?;
-    }
-    Ok(n)
 }
