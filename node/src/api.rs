@@ -191,7 +191,7 @@ pub async fn add(
         pieces: added.pieces,
         scheme: req.scheme.to_string(),
         replaced_nodes: added.replaced,
-        manifest_copies: added.manifest_holders,
+        manifest_copies: added.manifest_holders.len(),
         already_stored: added.already_stored,
         pinned,
     })

@@ -617,8 +617,13 @@ fn pin(cmd: PinCommand) -> Result<()> {
                         (Some(t), Some(r)) => format!("{r} {} ago", ago(now, t)),
                         _ => "not audited yet".into(),
                     };
+                    let term = match p.expires_at {
+                        0 => "term unknown".into(),
+                        t if t > now => format!("term ends in {}", ago(t, now)),
+                        t => format!("term ended {} ago", ago(now, t)),
+                    };
                     println!(
-                        "  {}  {:<11}  {}  {audit}",
+                        "  {}  {:<11}  {}  {audit}, {term}",
                         p.piece,
                         p.state,
                         p.holder.as_deref().unwrap_or("no holder known")
@@ -627,13 +632,15 @@ fn pin(cmd: PinCommand) -> Result<()> {
             }
             let c = s.counters;
             println!(
-                "this node: {} audits ({} failed, {} of proofs), {} repairs rebuilt {} pieces ({} of traffic)",
+                "this node: {} audits ({} failed, {} of proofs), {} repairs rebuilt {} pieces and placed {} manifest copies ({} of traffic), {} terms renewed",
                 c.audits,
                 c.audits_failed,
                 ByteSize(c.audit_bytes),
                 c.repairs,
                 c.pieces_rebuilt,
-                ByteSize(c.repair_bytes)
+                c.manifest_copies,
+                ByteSize(c.repair_bytes),
+                c.renewals
             );
         }
     }

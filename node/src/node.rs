@@ -1154,6 +1154,18 @@ impl EventLoop {
         }
     }
 
+    /// Signs receipts with this node's key.
+    fn receipt_signer(&self) -> impl FnOnce(Terms) -> SignedReceipt + Send + 'static {
+        let key = self.signer.clone();
+        move |terms| {
+            Receipt {
+                node: [0; 32],
+                terms,
+            }
+            .sign(&key)
+        }
+    }
+
     fn on_store(&mut self, event: request_response::Event<StoreRequest, StoreResponse>) {
         use request_response::{Event, Message};
         match event {
@@ -1181,16 +1193,9 @@ impl EventLoop {
                         .send_response(channel, resp);
                 }
                 StoreRequest::TransferV1(transfer) => {
-                    let signer = self.signer.clone();
+                    let sign = self.receipt_signer();
                     let clock = self.config.clock;
                     self.spawn_job(move |store| {
-                        let sign = |terms: Terms| -> SignedReceipt {
-                            Receipt {
-                                node: [0; 32],
-                                terms,
-                            }
-                            .sign(&signer)
-                        };
                         let result = store.store(&peer.to_bytes(), &transfer, clock.now(), sign);
                         match result {
                             Ok(receipt) => {
@@ -1202,6 +1207,20 @@ impl EventLoop {
                                 Done::Store(channel, Box::new(StoreResponse::FailedV1(e)), Vec::new())
                             }
                         }
+                    });
+                }
+                StoreRequest::RenewV1(terms) => {
+                    let sign = self.receipt_signer();
+                    let clock = self.config.clock;
+                    self.spawn_job(move |store| {
+                        let resp = match store.renew(&terms, clock.now(), sign) {
+                            Ok(receipt) => StoreResponse::StoredV1(receipt),
+                            Err(reason) => {
+                                tracing::debug!(%peer, piece = %terms.piece, ?reason, "renewal declined");
+                                StoreResponse::RejectedV1(reason)
+                            }
+                        };
+                        Done::Store(channel, Box::new(resp), Vec::new())
                     });
                 }
             },

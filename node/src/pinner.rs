@@ -24,15 +24,17 @@ use rand::{RngCore as _, SeedableRng as _};
 use serde::Serialize;
 use tokio::sync::{Notify, oneshot};
 
-use crate::client::{self, Added, Unknown, find_manifest};
+use crate::client::{self, Added, Renewal, Unknown, find_manifest};
 use crate::node::{Handle, RequestError};
-use crate::pins::{Counters, MAX_PIECES_PER_PIN, PieceRow, Pin, Pins, Slot, Update};
+use crate::pins::{Counters, MANIFEST, MAX_PIECES_PER_PIN, PieceRow, Pin, Pins, Slot, Update};
 use crate::upkeep::{self, HolderState, Outcome, PieceView, Reputation, SegmentPlan};
 
 /// A holder not connected within this long is unreachable (real time).
 const CONNECT_LIMIT: Duration = Duration::from_secs(10);
 /// The most a round trip may count for in the audit time limit.
 const MAX_RTT: Duration = Duration::from_secs(1);
+/// Manifest copies kept track of when pinning content already stored.
+const MANIFEST_COPIES: usize = 3;
 
 /// The time an answer to a challenge may take when a request round trip
 /// to the holder just took `rtt`.
@@ -52,7 +54,9 @@ pub struct Settings {
     pub audit_allowance: Duration,
     /// Audits in flight at once. Default 16.
     pub audits_in_flight: usize,
-    /// The storage term of pieces placed by repairs. Default 30 days.
+    /// The storage term of pieces placed by repairs and of renewals, which
+    /// fall due when a quarter of it is left ([`upkeep::renew_at`]).
+    /// Default 30 days.
     pub term: Duration,
 }
 
@@ -110,13 +114,27 @@ pub fn pin_added(net: &Handle, added: &Added) -> Result<bool> {
                 slot(s, i),
                 PieceRow {
                     piece: *piece,
+                    size: added.piece_lens.get(s).copied().unwrap_or(0),
                     holder,
                     state: HolderState::Healthy,
                     next_audit: upkeep::next_audit(now, &settings.upkeep, &mut rng),
                     last_audit: None,
+                    expires_at: added.expires_at,
                 },
             ));
         }
+    }
+    for (i, holder) in added.manifest_holders.iter().enumerate() {
+        let row = PieceRow {
+            piece: added.manifest,
+            size: added.manifest_size,
+            holder: Some(*holder),
+            state: HolderState::Healthy,
+            next_audit: upkeep::next_audit(now, &settings.upkeep, &mut rng),
+            last_audit: None,
+            expires_at: added.expires_at,
+        };
+        rows.push(((MANIFEST, i as u32), row));
     }
     let pin = Pin {
         manifest: added.manifest,
@@ -146,38 +164,44 @@ pub async fn pin_existing(net: &Handle, root: Cid) -> Result<bool> {
         total <= MAX_PIECES_PER_PIN,
         "{root} has {total} pieces, over the {MAX_PIECES_PER_PIN} one pin may have"
     );
-    let me = net.peer_id();
     let now = net.now();
     let mut slots = Vec::with_capacity(total);
     for (s, pieces) in manifest.segments.iter().enumerate() {
+        let size = manifest.piece_len(s as u64);
         for (i, piece) in pieces.iter().enumerate() {
-            slots.push((slot(s, i), *piece));
+            slots.push((slot(s, i), *piece, size));
         }
     }
-    let rows: Vec<(Slot, PieceRow)> = stream::iter(slots)
-        .map(|(slot, piece)| {
+    // Audited and renewed at once: their terms are not known.
+    let row = |piece, size, holder| PieceRow {
+        piece,
+        size,
+        holder,
+        state: HolderState::Healthy,
+        next_audit: now,
+        last_audit: None,
+        expires_at: 0,
+    };
+    let mut rows: Vec<(Slot, PieceRow)> = stream::iter(slots)
+        .map(|(slot, piece, size)| {
             let net = net.clone();
             async move {
-                let holder = match net.providers(piece).await {
-                    Ok(found) => found.into_iter().find(|p| *p != me),
-                    Err(e) => {
-                        tracing::debug!(%piece, error = %e, "provider lookup failed");
-                        None
-                    }
-                };
-                let row = PieceRow {
-                    piece,
-                    holder,
-                    state: HolderState::Healthy,
-                    next_audit: now,
-                    last_audit: None,
-                };
-                (slot, row)
+                let holder = providers(&net, piece).await.into_iter().next();
+                (slot, row(piece, size, holder))
             }
         })
         .buffered(16)
         .collect()
         .await;
+    let (cid, size) = (manifest.cid(), manifest.encode().len() as u64);
+    for (i, holder) in providers(net, cid)
+        .await
+        .into_iter()
+        .take(MANIFEST_COPIES)
+        .enumerate()
+    {
+        rows.push(((MANIFEST, i as u32), row(cid, size, Some(holder))));
+    }
     let pin = Pin {
         manifest: manifest.cid(),
         k: manifest.scheme.k,
@@ -188,6 +212,17 @@ pub async fn pin_existing(net: &Handle, root: Cid) -> Result<bool> {
     let new = p.pins.pin(&root, &pin, &rows)?;
     p.wake.notify_one();
     Ok(new)
+}
+
+/// The nodes other than this one that announce `piece` in the DHT.
+async fn providers(net: &Handle, piece: Cid) -> Vec<PeerId> {
+    match net.providers(piece).await {
+        Ok(found) => found.into_iter().filter(|p| *p != net.peer_id()).collect(),
+        Err(e) => {
+            tracing::debug!(%piece, error = %e, "provider lookup failed");
+            Vec::new()
+        }
+    }
 }
 
 /// Unpins `root`: its pieces are no longer audited or repaired.
@@ -213,6 +248,8 @@ pub struct PinSummary {
 pub struct PinStatus {
     pub pin: PinSummary,
     pub manifest: String,
+    /// The holders of the manifest's copies.
+    pub manifest_copies: Vec<PieceStatus>,
     pub segments: Vec<SegmentStatus>,
     pub counters: Counters,
 }
@@ -233,6 +270,8 @@ pub struct PieceStatus {
     pub last_audit: Option<u64>,
     /// passed, failed, too slow or unreachable.
     pub last_result: Option<String>,
+    /// When the holder's term ends, unix seconds; 0 if not known yet.
+    pub expires_at: u64,
 }
 
 /// Every peer this node has audited, with its record.
@@ -269,30 +308,35 @@ pub fn status(net: &Handle, root: &Cid) -> Result<Option<PinStatus>> {
         .iter()
         .map(|pieces| SegmentStatus {
             healthy: healthy(pieces, now, settings),
-            pieces: pieces
-                .iter()
-                .map(|r| PieceStatus {
-                    piece: r.piece.to_string(),
-                    holder: r.holder.map(|h| h.to_string()),
-                    state: match (r.holder, r.state) {
-                        (None, _) => "unknown",
-                        (Some(_), HolderState::Healthy) => "healthy",
-                        (Some(_), HolderState::Failed) => "failed",
-                        (Some(_), HolderState::Unreachable { .. }) => "unreachable",
-                    }
-                    .into(),
-                    last_audit: r.last_audit.map(|a| a.0),
-                    last_result: r.last_audit.map(|a| outcome_name(a.1).into()),
-                })
-                .collect(),
+            pieces: pieces.iter().map(|r| piece_status(r)).collect(),
         })
         .collect();
     Ok(Some(PinStatus {
         pin: summary(root, &pin, &segs, now, settings),
         manifest: pin.manifest.to_string(),
+        manifest_copies: manifest_copies(&rows)
+            .map(|(_, r)| piece_status(r))
+            .collect(),
         segments,
         counters: p.pins.counters()?,
     }))
+}
+
+fn piece_status(r: &PieceRow) -> PieceStatus {
+    PieceStatus {
+        piece: r.piece.to_string(),
+        holder: r.holder.map(|h| h.to_string()),
+        state: match (r.holder, r.state) {
+            (None, _) => "unknown",
+            (Some(_), HolderState::Healthy) => "healthy",
+            (Some(_), HolderState::Failed) => "failed",
+            (Some(_), HolderState::Unreachable { .. }) => "unreachable",
+        }
+        .into(),
+        last_audit: r.last_audit.map(|a| a.0),
+        last_result: r.last_audit.map(|a| outcome_name(a.1).into()),
+        expires_at: r.expires_at,
+    }
 }
 
 fn outcome_name(o: Outcome) -> &'static str {
@@ -327,10 +371,15 @@ fn summary(
     }
 }
 
-/// Rows grouped by segment, in order.
+/// The rows of the manifest's copies.
+fn manifest_copies(rows: &[(Slot, PieceRow)]) -> impl Iterator<Item = &(Slot, PieceRow)> {
+    rows.iter().filter(|((s, _), _)| *s == MANIFEST)
+}
+
+/// Rows grouped by segment, in order; manifest copies are left out.
 fn segments(rows: &[(Slot, PieceRow)]) -> Vec<Vec<&PieceRow>> {
     let mut out: Vec<Vec<&PieceRow>> = Vec::new();
-    for ((s, _), row) in rows {
+    for ((s, _), row) in rows.iter().filter(|((s, _), _)| *s != MANIFEST) {
         let s = *s as usize;
         if out.len() <= s {
             out.resize_with(s + 1, Vec::new);
@@ -353,11 +402,18 @@ fn views(pieces: &[&PieceRow]) -> Vec<Option<PieceView>> {
 }
 
 fn healthy(pieces: &[&PieceRow], now: u64, settings: &Settings) -> u32 {
-    views(pieces)
-        .iter()
-        .flatten()
-        .filter(|v| v.counts(now, &settings.upkeep))
-        .count() as u32
+    pieces.iter().filter(|r| counts(r, now, settings)).count() as u32
+}
+
+/// Whether a piece counts towards redundancy ([`PieceView::counts`]).
+fn counts(r: &PieceRow, now: u64, settings: &Settings) -> bool {
+    r.holder.is_some_and(|holder| {
+        PieceView {
+            holder,
+            state: r.state,
+        }
+        .counts(now, &settings.upkeep)
+    })
 }
 
 fn slot(segment: usize, index: usize) -> Slot {
@@ -413,10 +469,11 @@ async fn round(
         let mut rows = pins.pieces(&root)?;
         let update = audit_due(net, &root, &mut rows, &mut reps, settings, rng).await;
         pins.apply(&update)?;
+        let (update, mut retry) = renew_due(net, &root, &mut rows, &mut reps, settings).await;
+        pins.apply(&update)?;
 
         let now = net.now();
         let mut update = Update::default();
-        let mut retry = false;
         for (s, pieces) in segments(&rows).iter().enumerate() {
             match upkeep::plan_segment(scheme, &views(pieces), now, &settings.upkeep) {
                 SegmentPlan::Healthy { .. } => {}
@@ -448,15 +505,29 @@ async fn round(
                 }
             }
         }
+        let copies: Vec<(Slot, PieceRow)> = manifest_copies(&rows).cloned().collect();
+        if copies.iter().any(|(_, r)| !counts(r, now, settings)) {
+            match repair_manifest(net, root, &copies, &reps, settings, rng).await {
+                Ok(u) => {
+                    update.pieces.extend(u.pieces);
+                    update.counters.add(&u.counters);
+                }
+                Err(e) => {
+                    retry = true;
+                    tracing::warn!(%root, error = %format!("{e:#}"), "manifest copies not replaced; will retry");
+                }
+            }
+        }
         pins.apply(&update)?;
         let rows = pins.pieces(&root)?;
-        let due = rows
-            .iter()
-            .filter(|(_, r)| r.holder.is_some())
-            .map(|(_, r)| r.next_audit)
+        let held = || rows.iter().map(|(_, r)| r).filter(|r| r.holder.is_some());
+        let audit = held().map(|r| r.next_audit).min();
+        let renew = held()
+            .filter(|r| r.state != HolderState::Failed)
+            .map(|r| upkeep::renew_at(r.expires_at, settings.term.as_secs()))
             .min();
         let retry_at = retry.then(|| now + (settings.upkeep.offline_grace / 4).max(1));
-        for t in [due, retry_at].into_iter().flatten() {
+        for t in [audit, renew, retry_at].into_iter().flatten() {
             next = Some(next.map_or(t, |n| n.min(t)));
         }
     }
@@ -530,6 +601,71 @@ async fn audit_due(
     update
 }
 
+/// Renews the terms of the pieces of `rows` that are due
+/// ([`upkeep::renew_at`]) for another [`Settings::term`], updating `rows`
+/// and `reps`; returns the changes to persist and whether a renewal failed
+/// and must be retried.
+async fn renew_due(
+    net: &Handle,
+    root: &Cid,
+    rows: &mut [(Slot, PieceRow)],
+    reps: &mut HashMap<PeerId, Reputation>,
+    settings: &Settings,
+) -> (Update, bool) {
+    let now = net.now();
+    let term = settings.term.as_secs();
+    let expires_at = now + term;
+    let due: Vec<(usize, PeerId, Cid, u64)> = rows
+        .iter()
+        .enumerate()
+        .filter(|(_, (_, r))| {
+            r.state != HolderState::Failed && upkeep::renew_at(r.expires_at, term) <= now
+        })
+        .filter_map(|(i, (_, r))| r.holder.map(|h| (i, h, r.piece, r.size)))
+        .collect();
+    let mut answers = stream::iter(due)
+        .map(|(i, peer, piece, size)| {
+            let net = net.clone();
+            async move {
+                let renewal = client::renew(&net, peer, piece, size, expires_at);
+                let answer = match tokio::time::timeout(CONNECT_LIMIT, renewal).await {
+                    Ok(a) => a,
+                    Err(_) => Err(anyhow::anyhow!("no answer within {CONNECT_LIMIT:?}")),
+                };
+                (i, peer, answer)
+            }
+        })
+        .buffer_unordered(settings.audits_in_flight.max(1));
+    let (mut update, mut retry) = (Update::default(), false);
+    while let Some((i, peer, answer)) = answers.next().await {
+        let now = net.now();
+        let (slot, row) = &mut rows[i];
+        match answer {
+            Ok(Renewal::Renewed) => {
+                row.expires_at = expires_at;
+                update.counters.renewals += 1;
+            }
+            Ok(Renewal::NotHeld) => {
+                row.state = HolderState::Failed;
+                // Lost within its term: the holder's fault. A term that
+                // lapsed, or was never known, is not.
+                if row.expires_at > now {
+                    tracing::warn!(%peer, piece = %row.piece, "holder lost a piece within its term");
+                    let rep = reps.entry(peer).or_default();
+                    *rep = rep.record(now, Outcome::Failed, &settings.upkeep);
+                    update.peers.push((peer, *rep));
+                }
+            }
+            Err(e) => {
+                retry = true;
+                tracing::debug!(%peer, piece = %row.piece, error = %format!("{e:#}"), "renewal failed; will retry");
+            }
+        }
+        update.pieces.push((*root, *slot, row.clone()));
+    }
+    (update, retry)
+}
+
 /// Challenges `peer` for `piece` and judges the answer; also returns the
 /// answer's bytes. The time limit runs from the challenge on an open
 /// connection, so dialing does not count against the holder, and allows
@@ -545,6 +681,9 @@ async fn audit(
     match tokio::time::timeout(CONNECT_LIMIT, net.connect(peer)).await {
         Ok(Ok(())) => {}
         Ok(Err(_)) | Err(_) => return (Outcome::Unreachable, 0),
+    }
+    if block::blake3_root(&piece).is_none() {
+        return check_copy(net, peer, piece).await;
     }
     let start = Instant::now();
     let probe = net.fetch(peer, FetchRequest::ManifestV1 { root: piece });
@@ -575,6 +714,28 @@ async fn audit(
         Ok(Ok(AuditResponse::NotFoundV1)) | Ok(Err(RequestError::Unsupported { .. })) => {
             (Outcome::Failed, 0)
         }
+        Ok(Err(_)) => (Outcome::Unreachable, 0),
+    }
+}
+
+/// Audits a manifest copy, whose CID (sha2-256) no proof can be checked
+/// against, by fetching it whole: manifests are small, a few KiB per GiB
+/// of content.
+async fn check_copy(net: &Handle, peer: PeerId, piece: Cid) -> (Outcome, u64) {
+    let start = Instant::now();
+    let answer = tokio::time::timeout(
+        CONNECT_LIMIT,
+        net.fetch(peer, FetchRequest::PieceV1 { piece }),
+    )
+    .await;
+    let ms = start.elapsed().as_millis().min(u128::from(u32::MAX)) as u32;
+    match answer {
+        Err(_) => (Outcome::TooSlow, 0),
+        Ok(Ok(FetchResponse::PieceV1 { data })) => match block::verify(&piece, &data) {
+            Ok(()) => (Outcome::Passed { answer_ms: ms }, data.len() as u64),
+            Err(_) => (Outcome::Failed, data.len() as u64),
+        },
+        Ok(Ok(_)) | Ok(Err(RequestError::Unsupported { .. })) => (Outcome::Failed, 0),
         Ok(Err(_)) => (Outcome::Unreachable, 0),
     }
 }
@@ -658,59 +819,127 @@ impl Repair {
         }
         drop(shards);
 
-        // New holders: near the piece in the keyspace, in good standing,
-        // holding no other piece of the segment.
-        let near = net
-            .closest_peers(self.rows[self.rebuild[0]].piece)
-            .await
-            .context("cannot find storage nodes in the DHT")?;
-        let candidates: Vec<(PeerId, Reputation)> = near
+        // New holders hold no other piece of the segment.
+        let exclude: HashSet<PeerId> = self.rows.iter().filter_map(|r| r.holder).collect();
+        let near = self.rows[self.rebuild[0]].piece;
+        let pieces = rebuilt
             .into_iter()
-            .map(|p| (p, reps.get(&p).copied().unwrap_or_default()))
+            .map(|(i, data)| (slot(self.segment, i), self.rows[i].piece, data))
             .collect();
-        let mut exclude: HashSet<PeerId> = self.rows.iter().filter_map(|r| r.holder).collect();
-        exclude.insert(net.peer_id());
-        let now = net.now();
-        let mut order = upkeep::choose_holders(
-            &candidates,
-            &exclude,
-            candidates.len(),
-            now,
-            &settings.upkeep,
-            rng,
-        )
-        .into_iter();
-        let expires_at = now + settings.term.as_secs();
-        let mut update = Update::default();
-        for (i, data) in rebuilt {
-            let piece = self.rows[i].piece;
-            let holder = loop {
-                let Some(peer) = order.next() else {
-                    bail!("no node in good standing left to take piece {piece}");
-                };
-                counters.repair_bytes += data.len() as u64;
-                match client::upload(net, peer, piece, data.clone(), expires_at).await {
-                    Ok(()) => break peer,
-                    Err(e) => {
-                        tracing::debug!(%peer, %piece, error = %format!("{e:#}"), "node did not take a rebuilt piece")
-                    }
-                }
-            };
-            counters.pieces_rebuilt += 1;
-            let row = PieceRow {
-                piece,
-                holder: Some(holder),
-                state: HolderState::Healthy,
-                next_audit: upkeep::next_audit(now, &settings.upkeep, rng),
-                last_audit: None,
-            };
-            update.pieces.push((self.root, slot(self.segment, i), row));
-        }
+        let (placed, sent) = place(net, near, exclude, pieces, reps, settings, rng).await?;
+        counters.repair_bytes += sent;
+        counters.pieces_rebuilt += placed.len() as u64;
         counters.repairs += 1;
-        tracing::info!(root = %self.root, segment = self.segment, rebuilt = update.pieces.len(), "segment repaired");
-        update.counters = counters;
-        Ok(update)
+        tracing::info!(root = %self.root, segment = self.segment, rebuilt = placed.len(), "segment repaired");
+        Ok(Update {
+            pieces: placed.into_iter().map(|(s, r)| (self.root, s, r)).collect(),
+            counters,
+            ..Default::default()
+        })
     }
+}
+
+/// Replaces the manifest copies of `root` that no longer count, with the
+/// bytes of one that does.
+async fn repair_manifest(
+    net: &Handle,
+    root: Cid,
+    copies: &[(Slot, PieceRow)],
+    reps: &HashMap<PeerId, Reputation>,
+    settings: &Settings,
+    rng: &mut StdRng,
+) -> Result<Update> {
+    let now = net.now();
+    let (counting, lost): (Vec<_>, Vec<_>) = copies
+        .iter()
+        .partition(|(_, r)| counts(r, now, settings));
+    let mut counters = Counters::default();
+    let mut data = None;
+    for (_, r) in &counting {
+        let Some(holder) = r.holder else { continue };
+        match fetch_piece(net, holder, r.piece, 0).await.1 {
+            Ok(d) => {
+                counters.repair_bytes += d.len() as u64;
+                data = Some(Bytes::from(d));
+                break;
+            }
+            Err(e) => tracing::debug!(%holder, error = %format!("{e:#}"), "manifest copy not fetched"),
+        }
+    }
+    let data = data.context("no copy of the manifest could be fetched")?;
+    let exclude: HashSet<PeerId> = copies.iter().filter_map(|(_, r)| r.holder).collect();
+    let pieces = lost
+        .iter()
+        .map(|(slot, r)| (*slot, r.piece, data.clone()))
+        .collect();
+    let (placed, sent) = place(net, root, exclude, pieces, reps, settings, rng).await?;
+    counters.repair_bytes += sent;
+    counters.manifest_copies += placed.len() as u64;
+    tracing::info!(%root, copies = placed.len(), "manifest copies replaced");
+    Ok(Update {
+        pieces: placed.into_iter().map(|(s, r)| (root, s, r)).collect(),
+        counters,
+        ..Default::default()
+    })
+}
+
+/// Stores each of `pieces` on its own new holder: a node near `near` in
+/// the keyspace, in good standing, not in `exclude` and not this node.
+/// Returns their rows and the bytes sent.
+async fn place(
+    net: &Handle,
+    near: Cid,
+    mut exclude: HashSet<PeerId>,
+    pieces: Vec<(Slot, Cid, Bytes)>,
+    reps: &HashMap<PeerId, Reputation>,
+    settings: &Settings,
+    rng: &mut StdRng,
+) -> Result<(Vec<(Slot, PieceRow)>, u64)> {
+    let candidates: Vec<(PeerId, Reputation)> = net
+        .closest_peers(near)
+        .await
+        .context("cannot find storage nodes in the DHT")?
+        .into_iter()
+        .map(|p| (p, reps.get(&p).copied().unwrap_or_default()))
+        .collect();
+    exclude.insert(net.peer_id());
+    let now = net.now();
+    let mut order = upkeep::choose_holders(
+        &candidates,
+        &exclude,
+        candidates.len(),
+        now,
+        &settings.upkeep,
+        rng,
+    )
+    .into_iter();
+    let expires_at = now + settings.term.as_secs();
+    let (mut placed, mut sent) = (Vec::new(), 0);
+    for (slot, piece, data) in pieces {
+        let holder = loop {
+            let Some(peer) = order.next() else {
+                bail!("no node in good standing left to take piece {piece}");
+            };
+            sent += data.len() as u64;
+            match client::upload(net, peer, piece, data.clone(), expires_at).await {
+                Ok(()) => break peer,
+                Err(e) => {
+                    tracing::debug!(%peer, %piece, error = %format!("{e:#}"), "node did not take a piece")
+                }
+            }
+        };
+        let row = PieceRow {
+            piece,
+            size: data.len() as u64,
+            holder: Some(holder),
+            state: HolderState::Healthy,
+            next_audit: upkeep::next_audit(now, &settings.upkeep, rng),
+            last_audit: None,
+            expires_at,
+        };
+        placed.push((slot, row));
+    }
+    Ok((placed, sent))
 }
 
 /// Piece `piece` from `holder`, checked against its CID.

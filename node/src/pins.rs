@@ -62,6 +62,8 @@ pub struct Pin {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PieceRow {
     pub piece: Cid,
+    /// Bytes of the piece.
+    pub size: u64,
     /// The node holding it; `None` when none is known (lost, not yet placed).
     #[serde(with = "peer_bytes")]
     pub holder: Option<PeerId>,
@@ -70,6 +72,9 @@ pub struct PieceRow {
     pub next_audit: u64,
     /// The last audit of this holder for this piece: when, and its outcome.
     pub last_audit: Option<(u64, Outcome)>,
+    /// When the holder's term for the piece ends, unix seconds, as far as
+    /// this node knows; 0 if unknown (renewed at once).
+    pub expires_at: u64,
 }
 
 mod peer_bytes {
@@ -101,6 +106,10 @@ pub struct Counters {
     pub pieces_rebuilt: u64,
     /// Bytes fetched and uploaded by repairs.
     pub repair_bytes: u64,
+    /// Terms renewed.
+    pub renewals: u64,
+    /// Manifest copies placed to replace lost ones.
+    pub manifest_copies: u64,
 }
 
 impl Counters {
@@ -111,10 +120,17 @@ impl Counters {
         self.repairs += o.repairs;
         self.pieces_rebuilt += o.pieces_rebuilt;
         self.repair_bytes += o.repair_bytes;
+        self.renewals += o.renewals;
+        self.manifest_copies += o.manifest_copies;
     }
 }
 
-/// The key of a pinned piece: (segment, index in the segment).
+/// The segment number under which a pin's manifest copies are kept, one
+/// row per copy.
+pub const MANIFEST: u32 = u32::MAX;
+
+/// The key of a pinned piece: (segment, index in the segment), or
+/// ([`MANIFEST`], copy).
 pub type Slot = (u32, u32);
 
 /// Changes from one upkeep step, written in one transaction.
@@ -305,10 +321,12 @@ mod tests {
     fn row(i: u8, holder: Option<PeerId>) -> PieceRow {
         PieceRow {
             piece: piece_cid(&[i]),
+            size: 1,
             holder,
             state: HolderState::Healthy,
             next_audit: 100 + u64::from(i),
             last_audit: None,
+            expires_at: 5000,
         }
     }
 

@@ -357,10 +357,7 @@ impl Store {
         if terms.size == 0 || terms.size > l.max_piece {
             return Err(RejectReason::TooLarge { max: l.max_piece });
         }
-        let (min, max) = (now + l.min_term, now + l.max_term);
-        if terms.expires_at < min || terms.expires_at > max {
-            return Err(RejectReason::ExpiryOutOfRange { min, max });
-        }
+        self.check_term(terms, now)?;
         // A failing index is reported as busy: the offer may be retried.
         match self.contains(&terms.piece) {
             Ok(false) => {}
@@ -398,6 +395,74 @@ impl Store {
             },
         );
         Ok(deadline)
+    }
+
+    fn check_term(&self, terms: &Terms, now: u64) -> Result<(), RejectReason> {
+        let (min, max) = (now + self.limits.min_term, now + self.limits.max_term);
+        if terms.expires_at < min || terms.expires_at > max {
+            return Err(RejectReason::ExpiryOutOfRange { min, max });
+        }
+        Ok(())
+    }
+
+    /// Answers a renewal: keeps a held piece until `terms.expires_at` at
+    /// least, returning the receipt `sign` makes once the new term is
+    /// durable. A later expiry the piece has already stands.
+    pub fn renew(
+        &self,
+        terms: &Terms,
+        now: u64,
+        sign: impl FnOnce(Terms) -> SignedReceipt,
+    ) -> Result<SignedReceipt, RejectReason> {
+        self.check_term(terms, now)?;
+        let receipt = sign(terms.clone());
+        match self.commit_renewal(terms, &receipt) {
+            Ok(true) => Ok(receipt),
+            Ok(false) => Err(RejectReason::NotHeld),
+            // A failing index is reported as busy: the renewal may be retried.
+            Err(e) => {
+                tracing::error!(piece = %terms.piece, error = %e, "could not renew piece");
+                Err(RejectReason::Busy)
+            }
+        }
+    }
+
+    /// Extends a held piece's term in the index; false if the piece is not
+    /// held with `terms.size`.
+    fn commit_renewal(&self, terms: &Terms, receipt: &SignedReceipt) -> Result<bool, Error> {
+        let key = terms.piece.to_bytes();
+        let txn = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut pieces = txn.open_table(PIECES).map_err(db_err)?;
+            let entry = match pieces.get(key.as_slice()).map_err(db_err)? {
+                Some(v) => decode_entry(&terms.piece, v.value())?,
+                None => return Ok(false),
+            };
+            if entry.size != terms.size {
+                return Ok(false);
+            }
+            if entry.expires_at >= terms.expires_at {
+                return Ok(true);
+            }
+            let mut expiry = txn.open_table(EXPIRY).map_err(db_err)?;
+            expiry
+                .remove((entry.expires_at, key.as_slice()))
+                .map_err(db_err)?;
+            expiry
+                .insert((terms.expires_at, key.as_slice()), ())
+                .map_err(db_err)?;
+            let value = serde_ipld_dagcbor::to_vec(&Entry {
+                expires_at: terms.expires_at,
+                receipt: receipt.clone(),
+                ..entry
+            })
+            .map_err(db_err)?;
+            pieces
+                .insert(key.as_slice(), value.as_slice())
+                .map_err(db_err)?;
+        }
+        txn.commit().map_err(db_err)?;
+        Ok(true)
     }
 
     /// Stores a transfer that matches a reservation of `peer`'s, returning the
@@ -1082,6 +1147,55 @@ mod tests {
         );
         assert_eq!((store.used(), store.count()), (0, 0));
         assert!(!store.piece_path(&piece).exists());
+    }
+
+    #[test]
+    fn renewals_extend_terms_durably_and_never_shorten_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = vec![5u8; 2000];
+        let piece = block::piece_cid(&data);
+        let later = NOW + 3 * 86_400;
+        {
+            let store = open(dir.path(), 1 << 20);
+            put(&store, &data);
+            let renewal = Terms {
+                expires_at: later,
+                ..terms(&data, 2)
+            };
+            let receipt = store.renew(&renewal, NOW, sign).expect("renew");
+            assert_eq!(receipt.receipt.terms, renewal);
+            // An earlier expiry is acknowledged and changes nothing.
+            let earlier = Terms {
+                expires_at: NOW + 7200,
+                ..terms(&data, 3)
+            };
+            store.renew(&earlier, NOW, sign).expect("renew");
+            // Unknown pieces, wrong sizes and terms out of range are refused.
+            let other = terms(b"never stored", 4);
+            assert_eq!(store.renew(&other, NOW, sign), Err(RejectReason::NotHeld));
+            let wrong_size = Terms {
+                size: 1999,
+                ..renewal.clone()
+            };
+            assert_eq!(
+                store.renew(&wrong_size, NOW, sign),
+                Err(RejectReason::NotHeld)
+            );
+            let too_long = Terms {
+                expires_at: NOW + 400 * 86_400,
+                ..renewal
+            };
+            assert!(matches!(
+                store.renew(&too_long, NOW, sign),
+                Err(RejectReason::ExpiryOutOfRange { .. })
+            ));
+        }
+        let store = open(dir.path(), 1 << 20);
+        let entry = store.entry(&piece).expect("index").expect("held");
+        assert_eq!(entry.expires_at, later);
+        assert!(store.expire(later - 1, 100).expect("expire").is_empty());
+        assert_eq!(store.expire(later + 1, 100).expect("expire"), vec![piece]);
+        assert_eq!((store.used(), store.count()), (0, 0));
     }
 
     #[test]

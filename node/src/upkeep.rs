@@ -89,6 +89,15 @@ pub fn next_audit(now: u64, config: &Config, rng: &mut impl Rng) -> u64 {
     now + (gap.round() as u64).max(1)
 }
 
+/// When to renew a piece whose term ends at `expires_at`, when renewals
+/// run for `term`: once a quarter of a term is left, so a renewal has
+/// days of retries (at the default 30 days) before the piece would lapse,
+/// and a piece just renewed is next due three quarters of a term later.
+/// 0 (due at once) when the expiry is unknown.
+pub fn renew_at(expires_at: u64, term: u64) -> u64 {
+    expires_at.saturating_sub(term / 4)
+}
+
 /// What came of one audit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
@@ -314,6 +323,19 @@ mod tests {
     use super::*;
     use rand::SeedableRng as _;
     use rand::rngs::StdRng;
+
+    #[test]
+    fn renewals_fall_due_with_a_quarter_term_left() {
+        let term = 30 * 86_400;
+        let now = 1_000_000_000;
+        // Just renewed: due three quarters of a term later, never at once.
+        assert_eq!(renew_at(now + term, term), now + term * 3 / 4);
+        assert!(renew_at(now + term, term) > now);
+        assert_eq!(renew_at(0, term), 0, "unknown expiry: due at once");
+        // A longer term than the pinner's own waits until a quarter of the
+        // pinner's term is left.
+        assert_eq!(renew_at(now + 4 * term, term), now + 4 * term - term / 4);
+    }
 
     #[test]
     fn audit_gaps_are_exponential_with_the_configured_mean() {

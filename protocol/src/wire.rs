@@ -124,12 +124,17 @@ fn byte_string_header(len: u64, out: &mut Vec<u8>) {
 /// [`StoreResponse::AcceptedV1`] (space reserved) or
 /// [`StoreResponse::RejectedV1`]; a transfer that matches an accepted offer
 /// (same peer, piece and nonce) with [`StoreResponse::StoredV1`] once the
-/// piece is durably stored, or [`StoreResponse::FailedV1`].
+/// piece is durably stored, or [`StoreResponse::FailedV1`]. A renewal is
+/// answered with [`StoreResponse::StoredV1`] once the new term is durable,
+/// or [`StoreResponse::RejectedV1`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StoreRequest {
     /// The terms the receipt will sign if the node stores the piece.
     OfferV1(Terms),
     TransferV1(Transfer),
+    /// Keep a piece the node holds (of `size` bytes) until `expires_at`.
+    /// A term is only ever extended: a later expiry the node has stands.
+    RenewV1(Terms),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -170,6 +175,8 @@ pub enum RejectReason {
     },
     AlreadyHeld,
     Busy,
+    /// A renewal for a piece the node does not hold (with that size).
+    NotHeld,
 }
 
 /// Why a transfer was not stored; nothing of it was kept.
@@ -193,7 +200,7 @@ impl Message for StoreRequest {
     fn payload_len(&self) -> usize {
         match self {
             StoreRequest::TransferV1(t) => t.data.len(),
-            StoreRequest::OfferV1(_) => 0,
+            StoreRequest::OfferV1(_) | StoreRequest::RenewV1(_) => 0,
         }
     }
 
@@ -409,7 +416,8 @@ mod tests {
             terms: terms.clone(),
         }
         .sign(&key);
-        round_trip(StoreRequest::OfferV1(terms));
+        round_trip(StoreRequest::OfferV1(terms.clone()));
+        round_trip(StoreRequest::RenewV1(terms));
         round_trip(StoreRequest::TransferV1(Transfer {
             piece,
             nonce: [7; 16],
@@ -422,6 +430,7 @@ mod tests {
             RejectReason::ExpiryOutOfRange { min: 1, max: 2 },
             RejectReason::AlreadyHeld,
             RejectReason::Busy,
+            RejectReason::NotHeld,
         ] {
             round_trip(StoreResponse::RejectedV1(reason));
         }
@@ -482,6 +491,7 @@ mod tests {
             let decoded = |b: Vec<u8>| ByteBuf::from(b);
             for msg in [
                 StoreRequest::OfferV1(terms.clone()),
+                StoreRequest::RenewV1(terms.clone()),
                 StoreRequest::TransferV1(Transfer { piece, nonce, data: Bytes::from(data.clone()) }),
             ] {
                 proptest::prop_assert_eq!(decode::<StoreRequest>(&encode(&msg).expect("fits")).expect("decodes"), msg);

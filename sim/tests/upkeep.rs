@@ -80,13 +80,15 @@ async fn wait_for(
     Ok(())
 }
 
-/// Whether every segment of every pin has all its pieces healthy.
+/// Whether every segment of every pin has all its pieces healthy, and
+/// every manifest copy is.
 fn whole(client: &Handle, added: &[Added]) -> Result<bool> {
     for a in added {
         let s = status(client, a)?;
         if s.segments
             .iter()
             .any(|g| g.healthy as usize != g.pieces.len())
+            || s.manifest_copies.iter().any(|c| c.state != "healthy")
         {
             return Ok(false);
         }
@@ -102,17 +104,18 @@ fn holders(client: &Handle, added: &[Added]) -> Result<HashSet<String>> {
         .collect())
 }
 
-/// (piece, holder) of every pinned piece with a known holder.
+/// (piece, holder) of every pinned piece and manifest copy with a known
+/// holder.
 fn placements(client: &Handle, added: &[Added]) -> Result<HashSet<(String, String)>> {
     let mut out = HashSet::new();
     for a in added {
-        for g in status(client, a)?.segments {
-            out.extend(
-                g.pieces
-                    .into_iter()
-                    .filter_map(|p| Some((p.piece, p.holder?))),
-            );
-        }
+        let s = status(client, a)?;
+        let pieces = s.segments.into_iter().flat_map(|g| g.pieces);
+        out.extend(
+            pieces
+                .chain(s.manifest_copies)
+                .filter_map(|p| Some((p.piece, p.holder?))),
+        );
     }
     Ok(out)
 }
@@ -268,42 +271,81 @@ async fn droppers_are_caught_and_restarts_are_not_failures() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unpinned_content_is_gone_from_every_disk_after_its_term() -> Result<()> {
-    let mut net = Network::start(config(12, 13)).await?;
-    let term = Duration::from_secs(3600);
+async fn pinned_content_outlives_its_term_and_unpinned_content_does_not() -> Result<()> {
+    // Terms of 2 h; the pinner renews with a quarter of its 2 h term left.
+    let term = Duration::from_secs(2 * 3600);
+    let mut config = config(12, 13);
+    config.speed = 400;
+    config.pinner.term = term;
+    let mut net = Network::start(config).await?;
     let options = AddOptions {
         term,
         ..Default::default()
     };
-    let added = net.add(&bytes(1 << 20, 300), &options).await?;
+    let content = bytes(1 << 20, 301);
+    let kept = net.add(&content, &options).await?;
+    let gone = net.add(&bytes(1 << 20, 300), &options).await?;
     let client = net.client().await?;
-    assert!(pinner::unpin(&client, &added.root)?);
-    let mut held = 0;
-    for i in net.up() {
-        held += net.status(i).await?.pieces;
-    }
-    assert!(held >= 9, "pieces and manifest copies stored: {held}");
+    assert!(pinner::unpin(&client, &gone.root)?);
     let expires = client.now() + term.as_secs();
-
-    // An hour later (18 s of real time) the expiry sweep (every 10
-    // simulated minutes) has deleted every piece and freed its space.
-    wait_for("expired everywhere", Duration::from_secs(90), || {
+    let files = |a: &Added| -> HashSet<String> {
+        a.segments
+            .iter()
+            .flatten()
+            .chain([&a.manifest])
+            .map(|c| c.to_string())
+            .collect()
+    };
+    let (kept_files, gone_files) = (files(&kept), files(&gone));
+    let on_disk = |net: &Network| -> Result<HashSet<String>> {
+        let mut names = HashSet::new();
         for i in net.up() {
-            if !net.piece_files(i)?.is_empty() {
-                return Ok(false);
+            for path in net.piece_files(i)? {
+                names.extend(path.file_name().map(|n| n.to_string_lossy().into_owned()));
             }
         }
-        Ok(true)
+        Ok(names)
+    };
+    assert!(on_disk(&net)?.is_superset(&gone_files), "all stored at first");
+
+    // Wait until half a term past the first expiry (3 simulated hours,
+    // 27 s): the expiry sweep (every 10 simulated minutes) has deleted
+    // every piece of the unpinned content and freed its space, while the
+    // pinned content's terms were renewed.
+    wait_for("half a term past the expiry", Duration::from_secs(120), || {
+        Ok(client.now() >= expires + term.as_secs() / 2)
     })
     .await?;
-    assert!(
-        client.now() >= expires,
-        "nothing is deleted before its term"
+    wait_for("expired everywhere", Duration::from_secs(30), || {
+        Ok(on_disk(&net)?.is_disjoint(&gone_files))
+    })
+    .await?;
+    let missing: Vec<_> = kept_files.difference(&on_disk(&net)?).cloned().collect();
+    assert!(missing.is_empty(), "pinned pieces kept; missing {missing:?}; {:#?}", status(&client, &kept)?);
+    let s = status(&client, &kept)?;
+    let renewed = s
+        .segments
+        .iter()
+        .flat_map(|g| &g.pieces)
+        .chain(&s.manifest_copies)
+        .filter(|p| p.expires_at > expires)
+        .count();
+    assert_eq!(renewed, kept_files.len() - 1 + s.manifest_copies.len());
+    assert_eq!(
+        (s.counters.audits_failed, s.counters.pieces_rebuilt),
+        (0, 0),
+        "kept by renewals, not by repairs"
     );
-    for i in net.up() {
-        let s = net.status(i).await?;
-        assert_eq!((s.pieces, s.used), (0, 0), "node {i} holds nothing");
-    }
+    assert_eq!(net.get(kept.root, GetOptions::default()).await?, content);
+    let used: u64 = {
+        let mut used = 0;
+        for i in net.up() {
+            used += net.status(i).await?.used;
+        }
+        used
+    };
+    let kept_bytes: u64 = kept.piece_lens[0] * 9 + kept.manifest_size * s.manifest_copies.len() as u64;
+    assert_eq!(used, kept_bytes, "only the pinned content's bytes are held");
     net.shutdown().await;
     Ok(())
 }

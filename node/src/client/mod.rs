@@ -23,7 +23,7 @@ use futures::stream::FuturesUnordered;
 use libp2p::PeerId;
 
 pub use get::{Content, GetOptions, GetStats, Unknown};
-pub(crate) use put::upload;
+pub(crate) use put::{Renewal, renew, upload};
 pub use put::{AddOptions, Added, Input, Progress, add};
 
 use crate::node::Handle;

@@ -78,15 +78,22 @@ pub struct Added {
     pub scheme: Scheme,
     /// Per segment, its `k + m` piece CIDs, data pieces first.
     pub segments: Vec<Vec<Cid>>,
+    /// Per segment, the bytes of each of its pieces.
+    pub piece_lens: Vec<u64>,
     /// Per segment, the node holding each piece; empty when
     /// `already_stored` (this add placed nothing).
     pub holders: Vec<Vec<Option<PeerId>>>,
+    /// When the placed pieces' term ends, unix seconds; 0 when
+    /// `already_stored`.
+    pub expires_at: u64,
     /// Pieces placed (receipts, or nodes that already held the piece).
     pub pieces: usize,
     /// Nodes that refused or failed and were replaced.
     pub replaced: usize,
-    /// Nodes holding the manifest.
-    pub manifest_holders: usize,
+    /// Nodes this add stored the manifest on.
+    pub manifest_holders: Vec<PeerId>,
+    /// Bytes of the manifest.
+    pub manifest_size: u64,
     /// The network had the content already; nothing was uploaded.
     pub already_stored: bool,
 }
@@ -121,13 +128,16 @@ pub async fn add(
         return Ok(Added {
             root,
             manifest: m.cid(),
+            manifest_size: m.encode().len() as u64,
             bytes: m.stream_len,
             scheme: m.scheme,
+            piece_lens: piece_lens(&m),
             segments: m.segments,
             holders: Vec::new(),
+            expires_at: 0,
             pieces: 0,
             replaced: 0,
-            manifest_holders: 0,
+            manifest_holders: Vec::new(),
             already_stored: true,
         });
     }
@@ -191,15 +201,22 @@ pub async fn add(
     Ok(Added {
         root,
         manifest: manifest.cid(),
+        manifest_size: manifest.encode().len() as u64,
         bytes: manifest.stream_len,
         scheme: manifest.scheme,
+        piece_lens: piece_lens(&manifest),
         segments: manifest.segments,
         holders,
+        expires_at: shared.expires_at,
         pieces,
         replaced,
         manifest_holders,
         already_stored: false,
     })
+}
+
+fn piece_lens(m: &Manifest) -> Vec<u64> {
+    (0..m.segments.len() as u64).map(|s| m.piece_len(s)).collect()
 }
 
 /// Imports `input` into `sink` and returns its root CID.
@@ -455,28 +472,72 @@ pub(crate) async fn upload(
     data: Bytes,
     expires_at: u64,
 ) -> Result<()> {
-    let mut nonce = [0u8; 16];
-    rand::thread_rng().fill_bytes(&mut nonce);
-    let terms = Terms {
-        piece,
-        size: data.len() as u64,
-        expires_at,
-        nonce,
-    };
+    let terms = fresh_terms(piece, data.len() as u64, expires_at);
     match net
         .store(peer, StoreRequest::OfferV1(terms.clone()))
         .await?
     {
         StoreResponse::AcceptedV1 { .. } => {}
-        StoreResponse::RejectedV1(RejectReason::AlreadyHeld) => return Ok(()),
+        StoreResponse::RejectedV1(RejectReason::AlreadyHeld) => {
+            // Held for someone else's term: make it last for ours too.
+            return match renew(net, peer, piece, terms.size, expires_at).await? {
+                Renewal::Renewed => Ok(()),
+                Renewal::NotHeld => bail!("said it holds the piece, then that it does not"),
+            };
+        }
         StoreResponse::RejectedV1(reason) => bail!("declined: {reason:?}"),
         other => bail!("unexpected answer to an offer: {other:?}"),
     }
-    let transfer = Transfer { piece, nonce, data };
+    let transfer = Transfer {
+        piece,
+        nonce: terms.nonce,
+        data,
+    };
     match net.store(peer, StoreRequest::TransferV1(transfer)).await? {
         StoreResponse::StoredV1(receipt) => check_receipt(&receipt, &terms, &peer),
         StoreResponse::FailedV1(e) => bail!("transfer failed: {e:?}"),
         other => bail!("unexpected answer to a transfer: {other:?}"),
+    }
+}
+
+/// Terms with a nonce of their own, so their receipt answers only them.
+fn fresh_terms(piece: Cid, size: u64, expires_at: u64) -> Terms {
+    let mut nonce = [0u8; 16];
+    rand::thread_rng().fill_bytes(&mut nonce);
+    Terms {
+        piece,
+        size,
+        expires_at,
+        nonce,
+    }
+}
+
+/// What came of a renewal the node answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Renewal {
+    /// `peer` signed a receipt to keep the piece until the new expiry.
+    Renewed,
+    /// `peer` does not hold the piece.
+    NotHeld,
+}
+
+/// Asks `peer` to keep `piece` (of `size` bytes) until `expires_at`.
+pub(crate) async fn renew(
+    net: &Handle,
+    peer: PeerId,
+    piece: Cid,
+    size: u64,
+    expires_at: u64,
+) -> Result<Renewal> {
+    let terms = fresh_terms(piece, size, expires_at);
+    match net.store(peer, StoreRequest::RenewV1(terms.clone())).await? {
+        StoreResponse::StoredV1(receipt) => {
+            check_receipt(&receipt, &terms, &peer)?;
+            Ok(Renewal::Renewed)
+        }
+        StoreResponse::RejectedV1(RejectReason::NotHeld) => Ok(Renewal::NotHeld),
+        StoreResponse::RejectedV1(reason) => bail!("renewal declined: {reason:?}"),
+        other => bail!("unexpected answer to a renewal: {other:?}"),
     }
 }
 
@@ -501,7 +562,11 @@ fn check_receipt(receipt: &SignedReceipt, terms: &Terms, peer: &PeerId) -> Resul
 
 /// Stores the manifest on up to `copies` nodes closest to the content
 /// root; they announce the root. Returns how many hold it (at least one).
-async fn store_manifest(shared: &Shared, manifest: &Manifest, copies: usize) -> Result<usize> {
+async fn store_manifest(
+    shared: &Shared,
+    manifest: &Manifest,
+    copies: usize,
+) -> Result<Vec<PeerId>> {
     let bytes = Bytes::from(manifest.encode());
     ensure!(
         bytes.len() as u64 <= MAX_PIECE_SIZE,
@@ -510,11 +575,11 @@ async fn store_manifest(shared: &Shared, manifest: &Manifest, copies: usize) -> 
     );
     let cid = manifest.cid();
     let mut candidates: VecDeque<PeerId> = shared.candidates(manifest.root).await?.into();
-    let mut stored = 0;
+    let mut stored = Vec::new();
     let mut attempts = FuturesUnordered::new();
     let mut last_error = String::from("no storage node found");
     loop {
-        while attempts.len() + stored < copies.max(1) {
+        while attempts.len() + stored.len() < copies.max(1) {
             let Some(peer) = candidates.pop_front() else {
                 break;
             };
@@ -524,7 +589,7 @@ async fn store_manifest(shared: &Shared, manifest: &Manifest, copies: usize) -> 
             );
         }
         match attempts.next().await {
-            Some((_, Ok(()))) => stored += 1,
+            Some((peer, Ok(()))) => stored.push(peer),
             Some((peer, Err(e))) => {
                 if !is_unsupported(&e) {
                     tracing::warn!(%peer, error = %e, "node did not store the manifest");
@@ -534,11 +599,15 @@ async fn store_manifest(shared: &Shared, manifest: &Manifest, copies: usize) -> 
             None => break,
         }
     }
-    if stored == 0 {
+    if stored.is_empty() {
         bail!("no node stored the manifest (last: {last_error})");
     }
-    if stored < copies {
-        tracing::warn!(stored, wanted = copies, "fewer manifest copies than wanted");
+    if stored.len() < copies {
+        tracing::warn!(
+            stored = stored.len(),
+            wanted = copies,
+            "fewer manifest copies than wanted"
+        );
     }
     Ok(stored)
 }
