@@ -278,7 +278,24 @@ enum Command {
         fault: Option<Fault>,
         delay: Duration,
     },
+    Intercept {
+        pieces: HashSet<Cid>,
+        to: mpsc::Sender<Challenge>,
+    },
 }
+
+/// An audit challenge handed to a fault test instead of the store
+/// ([`Handle::intercept_audits`]); whatever is sent on `answer` is the
+/// node's answer.
+#[derive(Debug)]
+pub struct Challenge {
+    pub piece: Cid,
+    pub nonce: [u8; 32],
+    pub answer: oneshot::Sender<AuditResponse>,
+}
+
+/// Challenges intercepted and not yet answered, at most.
+const INTERCEPTED: usize = 64;
 
 /// What the node is doing, for tests and the control API.
 #[derive(Debug, Clone, Default)]
@@ -440,6 +457,23 @@ impl Handle {
             .await
             .map_err(|_| RequestError::Stopped)
     }
+
+    /// From now on, audit challenges for `pieces` are not answered from the
+    /// store but handed over on the returned channel, so a fault test can
+    /// answer as a node that does not keep them would (a lazy node). A
+    /// challenge left unanswered, or over [`INTERCEPTED`] waiting, is
+    /// answered as not found.
+    pub async fn intercept_audits(
+        &self,
+        pieces: HashSet<Cid>,
+    ) -> Result<mpsc::Receiver<Challenge>, RequestError> {
+        let (to, from) = mpsc::channel(INTERCEPTED);
+        self.commands
+            .send(Command::Intercept { pieces, to })
+            .await
+            .map_err(|_| RequestError::Stopped)?;
+        Ok(from)
+    }
 }
 
 /// How the event loop ends.
@@ -538,6 +572,7 @@ impl Node {
             listeners: listening.into_iter().map(|(id, _)| id).collect(),
             fault: config.fault,
             delay: Duration::ZERO,
+            intercepted: None,
             config,
         };
         let task = tokio::spawn(event_loop.run(shutdown_rx));
@@ -867,6 +902,8 @@ struct EventLoop {
     fault: Option<Fault>,
     /// Every answer is held back this long (fault tests).
     delay: Duration,
+    /// Challenges for these pieces go to a fault test (`intercept_audits`).
+    intercepted: Option<(HashSet<Cid>, mpsc::Sender<Challenge>)>,
     config: Config,
 }
 
@@ -1045,6 +1082,7 @@ impl EventLoop {
                 self.fault = fault;
                 self.delay = delay;
             }
+            Command::Intercept { pieces, to } => self.intercepted = Some((pieces, to)),
             Command::Status { reply } => {
                 let mut s = self.announcer.status.clone();
                 s.announcing = self.announcer.fresh.len() + self.announcer.in_flight.len();
@@ -1303,6 +1341,29 @@ impl EventLoop {
                     },
                 ..
             } => {
+                if let Some((pieces, to)) = &self.intercepted
+                    && pieces.contains(&piece)
+                {
+                    let (answer, answered) = oneshot::channel();
+                    let done = self.done_tx.clone();
+                    if to
+                        .try_send(Challenge {
+                            piece,
+                            nonce,
+                            answer,
+                        })
+                        .is_ok()
+                    {
+                        self.jobs.spawn(async move {
+                            let resp = answered.await.unwrap_or(AuditResponse::NotFoundV1);
+                            let _ = done.send(Done::Audit(channel, resp)).await;
+                        });
+                    } else {
+                        let b = self.swarm.behaviour_mut();
+                        let _ = b.audit.send_response(channel, AuditResponse::NotFoundV1);
+                    }
+                    return;
+                }
                 let now = self.config.clock.now();
                 self.spawn_job(move |store| {
                     let resp = match store.prove(&piece, &nonce, now) {

@@ -2,6 +2,7 @@
 //! scenarios ([`scenario`]) run on them ([`run`]) with reports ([`report`]),
 //! and how many nodes one process holds ([`scale`]).
 
+pub mod lazy;
 pub mod network;
 pub mod report;
 pub mod run;

@@ -6,7 +6,7 @@
 //! network's directory. Clients are nodes with no capacity, as `cairn add`
 //! starts them.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -16,6 +16,8 @@ use cairn_node::node::{Clock, Config as NodeConfig, Fault, Handle, Node, Status,
 use cairn_node::pinner;
 use cid::Cid;
 use libp2p::multiaddr::Protocol;
+
+use crate::lazy;
 use libp2p::{Multiaddr, PeerId};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom as _;
@@ -456,6 +458,41 @@ impl Network {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(e).with_context(|| format!("cannot remove {}", path.display())),
         }
+    }
+
+    /// Node `i` turns lazy: it answers audits of the pieces of `added` it
+    /// holds as a node that kept only their manifests would, by first
+    /// fetching `k` other pieces of the segment and rebuilding the piece.
+    /// Returns how many pieces that is, and the times its answers take.
+    pub async fn make_lazy(&mut self, i: usize, added: &[Added]) -> Result<(usize, lazy::Answers)> {
+        let h = self
+            .handle(i)
+            .with_context(|| format!("node {i} is not up"))?;
+        let held: HashSet<Cid> = self
+            .piece_files(i)?
+            .iter()
+            .filter_map(|p| p.file_name()?.to_str()?.parse().ok())
+            .collect();
+        let mut places = HashMap::new();
+        for a in added {
+            for segment in &a.segments {
+                for (index, piece) in segment.iter().enumerate() {
+                    if held.contains(piece) {
+                        let place = lazy::Place {
+                            scheme: a.scheme,
+                            segment: segment.clone(),
+                            index,
+                        };
+                        places.insert(*piece, place);
+                    }
+                }
+            }
+        }
+        let challenges = h.intercept_audits(places.keys().copied().collect()).await?;
+        let n = places.len();
+        let answers = lazy::Answers::default();
+        tokio::spawn(lazy::answer(h, places, challenges, answers.clone()));
+        Ok((n, answers))
     }
 
     /// The piece files on node `i`'s disk.

@@ -306,22 +306,31 @@ async fn pinned_content_outlives_its_term_and_unpinned_content_does_not() -> Res
         }
         Ok(names)
     };
-    assert!(on_disk(&net)?.is_superset(&gone_files), "all stored at first");
+    assert!(
+        on_disk(&net)?.is_superset(&gone_files),
+        "all stored at first"
+    );
 
     // Wait until half a term past the first expiry (3 simulated hours,
     // 27 s): the expiry sweep (every 10 simulated minutes) has deleted
     // every piece of the unpinned content and freed its space, while the
     // pinned content's terms were renewed.
-    wait_for("half a term past the expiry", Duration::from_secs(120), || {
-        Ok(client.now() >= expires + term.as_secs() / 2)
-    })
+    wait_for(
+        "half a term past the expiry",
+        Duration::from_secs(120),
+        || Ok(client.now() >= expires + term.as_secs() / 2),
+    )
     .await?;
     wait_for("expired everywhere", Duration::from_secs(30), || {
         Ok(on_disk(&net)?.is_disjoint(&gone_files))
     })
     .await?;
     let missing: Vec<_> = kept_files.difference(&on_disk(&net)?).cloned().collect();
-    assert!(missing.is_empty(), "pinned pieces kept; missing {missing:?}; {:#?}", status(&client, &kept)?);
+    assert!(
+        missing.is_empty(),
+        "pinned pieces kept; missing {missing:?}; {:#?}",
+        status(&client, &kept)?
+    );
     let s = status(&client, &kept)?;
     let renewed = s
         .segments
@@ -344,8 +353,90 @@ async fn pinned_content_outlives_its_term_and_unpinned_content_does_not() -> Res
         }
         used
     };
-    let kept_bytes: u64 = kept.piece_lens[0] * 9 + kept.manifest_size * s.manifest_copies.len() as u64;
+    let kept_bytes: u64 =
+        kept.piece_lens[0] * 9 + kept.manifest_size * s.manifest_copies.len() as u64;
     assert_eq!(used, kept_bytes, "only the pinned content's bytes are held");
+    net.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lazy_node_fails_its_audits() -> Result<()> {
+    // Pieces of nearly 4 MiB (23 MiB at 6+3) under the default time
+    // limit: 50 ms plus two round trips. One audit at a time: every node
+    // here shares the machine's two cores, where a real holder has its own.
+    let mut config = config(12, 14);
+    config.pinner.audit_allowance = pinner::Settings::default().audit_allowance;
+    config.pinner.audits_in_flight = 1;
+    let mut net = Network::start(config).await?;
+    let contents: Vec<Vec<u8>> = (0..3).map(|i| bytes(23 << 20, 400 + i)).collect();
+    let mut added = Vec::new();
+    for c in &contents {
+        added.push(net.add(c, &AddOptions::default()).await?);
+    }
+    assert!(matches!(added[0].piece_lens[..], [n] if n > 3 << 20));
+    let client = net.client().await?;
+
+    // The node holding the most pinned pieces (not manifest copies,
+    // which are checked whole) turns lazy.
+    let manifests: HashSet<String> = added.iter().map(|a| a.manifest.to_string()).collect();
+    let placed: Vec<_> = placements(&client, &added)?
+        .into_iter()
+        .filter(|(p, _)| !manifests.contains(p))
+        .collect();
+    let (lazy, pieces) = net
+        .up()
+        .into_iter()
+        .map(|i| {
+            let peer = net.peer_id(i).to_string();
+            let n = placed.iter().filter(|(_, h)| *h == peer).count();
+            (i, n)
+        })
+        .max_by_key(|&(_, n)| n)
+        .expect("nodes");
+    let lazy_id = net.peer_id(lazy).to_string();
+    let (n, answers) = net.make_lazy(lazy, &added).await?;
+    assert_eq!(n, pieces);
+    assert!(pieces >= 2, "the lazy node holds {pieces} pieces");
+
+    // Each of its pieces fails its next audit, and is rebuilt on another
+    // node.
+    wait_for(
+        "the lazy node's pieces moved",
+        Duration::from_secs(120),
+        || {
+            let held = placements(&client, &added)?
+                .into_iter()
+                .any(|(p, h)| h == lazy_id && !manifests.contains(&p));
+            Ok(!held && whole(&client, &added)?)
+        },
+    )
+    .await?;
+    // It did answer, with valid proofs, but too late.
+    let answers = answers.lock().expect("lock").clone();
+    assert!(answers.len() >= pieces, "{answers:?}");
+    let reps = pinner::reputations(&client)?;
+    for (peer, rep) in &reps {
+        if peer.to_string() == lazy_id {
+            assert!(rep.failed >= pieces as f64 * 0.99, "{rep:?}");
+        } else {
+            assert_eq!(rep.failed, 0.0, "honest {peer} never fails an audit");
+        }
+    }
+    let honest_ms = reps
+        .iter()
+        .filter(|(p, r)| p.to_string() != lazy_id && r.passed > 0.0)
+        .map(|(_, r)| r.answer_ms)
+        .fold(0.0, f64::max);
+    let ms = |d: &Duration| d.as_secs_f64() * 1000.0;
+    eprintln!(
+        "RESULT_LAZY pieces={pieces} lazy_answer_ms={:.1}..{:.1} honest_mean_answer_ms_max={honest_ms:.1}",
+        answers.iter().map(ms).fold(f64::MAX, f64::min),
+        answers.iter().map(ms).fold(0.0, f64::max),
+    );
+    for (a, c) in added.iter().zip(&contents) {
+        assert_eq!(&net.get(a.root, GetOptions::default()).await?, c);
+    }
     net.shutdown().await;
     Ok(())
 }

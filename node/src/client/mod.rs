@@ -23,8 +23,8 @@ use futures::stream::FuturesUnordered;
 use libp2p::PeerId;
 
 pub use get::{Content, GetOptions, GetStats, Unknown};
-pub(crate) use put::{Renewal, renew, upload};
 pub use put::{AddOptions, Added, Input, Progress, add};
+pub(crate) use put::{Renewal, renew, upload};
 
 use crate::node::Handle;
 

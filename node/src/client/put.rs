@@ -216,7 +216,9 @@ pub async fn add(
 }
 
 fn piece_lens(m: &Manifest) -> Vec<u64> {
-    (0..m.segments.len() as u64).map(|s| m.piece_len(s)).collect()
+    (0..m.segments.len() as u64)
+        .map(|s| m.piece_len(s))
+        .collect()
 }
 
 /// Imports `input` into `sink` and returns its root CID.
@@ -530,7 +532,10 @@ pub(crate) async fn renew(
     expires_at: u64,
 ) -> Result<Renewal> {
     let terms = fresh_terms(piece, size, expires_at);
-    match net.store(peer, StoreRequest::RenewV1(terms.clone())).await? {
+    match net
+        .store(peer, StoreRequest::RenewV1(terms.clone()))
+        .await?
+    {
         StoreResponse::StoredV1(receipt) => {
             check_receipt(&receipt, &terms, &peer)?;
             Ok(Renewal::Renewed)
