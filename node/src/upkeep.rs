@@ -19,7 +19,8 @@ use serde::{Deserialize, Serialize};
 pub struct Config {
     /// Mean time between two audits of one piece on its holder, in seconds.
     /// Audits of a piece form a Poisson process, so a holder cannot tell
-    /// when the next one comes. Default 6 h.
+    /// when the next one comes. Default 4 h: a dropped piece escapes a
+    /// day of audits with chance e^-6 = 0.25% (docs/BENCHMARKS.md).
     pub audit_every: u64,
     /// An outcome counts half as much after this long, in seconds: old
     /// failures fade, and so does an old record of passing. Default 7 days.
@@ -40,7 +41,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            audit_every: 6 * 3600,
+            audit_every: 4 * 3600,
             half_life: 7 * 24 * 3600,
             offline_grace: 3600,
             loss_per_repair: 0.01,

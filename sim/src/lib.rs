@@ -4,6 +4,7 @@
 
 pub mod lazy;
 pub mod network;
+pub mod pins;
 pub mod report;
 pub mod run;
 pub mod scale;

@@ -6,11 +6,12 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use cairn_node::client::{AddOptions, Added, GetOptions};
 use cairn_node::node::Handle;
-use cairn_node::pinner::{self, PinStatus};
+use cairn_node::pinner;
 use cairn_node::upkeep;
+use cairn_sim::pins::{placements, status, wait_for, whole};
 use cairn_sim::{Config, Network};
 use rand::{RngCore as _, SeedableRng as _};
 
@@ -56,68 +57,12 @@ async fn with_content(
     Ok((net, client, contents, added))
 }
 
-fn status(client: &Handle, added: &Added) -> Result<PinStatus> {
-    match pinner::status(client, &added.root)? {
-        Some(s) => Ok(s),
-        None => bail!("{} is not pinned", added.root),
-    }
-}
-
-/// Polls `cond` every 100 ms until it holds, for `limit` at most: the
-/// pinner's rounds are the network's own, with no event to wait on.
-async fn wait_for(
-    what: &str,
-    limit: Duration,
-    mut cond: impl FnMut() -> Result<bool>,
-) -> Result<()> {
-    let deadline = tokio::time::Instant::now() + limit;
-    while !cond()? {
-        if tokio::time::Instant::now() >= deadline {
-            bail!("not {what} after {limit:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Ok(())
-}
-
-/// Whether every segment of every pin has all its pieces healthy, and
-/// every manifest copy is.
-fn whole(client: &Handle, added: &[Added]) -> Result<bool> {
-    for a in added {
-        let s = status(client, a)?;
-        if s.segments
-            .iter()
-            .any(|g| g.healthy as usize != g.pieces.len())
-            || s.manifest_copies.iter().any(|c| c.state != "healthy")
-        {
-            return Ok(false);
-        }
-    }
-    Ok(true)
-}
-
 /// Nodes holding a piece of `added`, by the pinner's records.
 fn holders(client: &Handle, added: &[Added]) -> Result<HashSet<String>> {
-    Ok(placements(client, added)?
+    Ok(placements(client, added, true)?
         .into_iter()
         .map(|(_, h)| h)
         .collect())
-}
-
-/// (piece, holder) of every pinned piece and manifest copy with a known
-/// holder.
-fn placements(client: &Handle, added: &[Added]) -> Result<HashSet<(String, String)>> {
-    let mut out = HashSet::new();
-    for a in added {
-        let s = status(client, a)?;
-        let pieces = s.segments.into_iter().flat_map(|g| g.pieces);
-        out.extend(
-            pieces
-                .chain(s.manifest_copies)
-                .filter_map(|p| Some((p.piece, p.holder?))),
-        );
-    }
-    Ok(out)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -181,7 +126,7 @@ async fn thirty_percent_of_nodes_leaving_loses_no_content() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn droppers_are_caught_and_restarts_are_not_failures() -> Result<()> {
     let (mut net, client, contents, added) = with_content(20, 12, 8).await?;
-    let placed_before = placements(&client, &added)?;
+    let placed_before = placements(&client, &added, true)?;
 
     // 10% of the nodes (2 of 20), the two holding the most pinned pieces,
     // silently drop half of them (rounded up); 3 other holders restart.
@@ -240,7 +185,7 @@ async fn droppers_are_caught_and_restarts_are_not_failures() -> Result<()> {
             .iter()
             .filter(|(p, r)| dropper_ids.contains(p) && r.failed > 0.0)
             .count();
-        let placed = placements(&client, &added)?;
+        let placed = placements(&client, &added, true)?;
         Ok(caught == droppers.len() && placed.is_disjoint(&dropped) && whole(&client, &added)?)
     })
     .await?;
@@ -254,7 +199,7 @@ async fn droppers_are_caught_and_restarts_are_not_failures() -> Result<()> {
         }
     }
     // Repairs placed nothing on a dropper: what it holds now it held before.
-    let placed_after = placements(&client, &added)?;
+    let placed_after = placements(&client, &added, true)?;
     for (piece, holder) in placed_after.difference(&placed_before) {
         assert!(
             !droppers
@@ -379,11 +324,7 @@ async fn a_lazy_node_fails_its_audits() -> Result<()> {
 
     // The node holding the most pinned pieces (not manifest copies,
     // which are checked whole) turns lazy.
-    let manifests: HashSet<String> = added.iter().map(|a| a.manifest.to_string()).collect();
-    let placed: Vec<_> = placements(&client, &added)?
-        .into_iter()
-        .filter(|(p, _)| !manifests.contains(p))
-        .collect();
+    let placed = placements(&client, &added, false)?;
     let (lazy, pieces) = net
         .up()
         .into_iter()
@@ -405,9 +346,9 @@ async fn a_lazy_node_fails_its_audits() -> Result<()> {
         "the lazy node's pieces moved",
         Duration::from_secs(120),
         || {
-            let held = placements(&client, &added)?
+            let held = placements(&client, &added, false)?
                 .into_iter()
-                .any(|(p, h)| h == lazy_id && !manifests.contains(&p));
+                .any(|(_, h)| h == lazy_id);
             Ok(!held && whole(&client, &added)?)
         },
     )

@@ -446,6 +446,20 @@ async fn sealed_content_round_trips_and_nodes_hold_no_plaintext() -> Result<()> 
         pieces.len() == 9 && pieces.iter().all(|p| p["holder"].is_string()),
         "{status}"
     );
+    // Every piece and manifest copy has the term the add gave it (30 days).
+    let copies = status["manifest_copies"].as_array().context("copies")?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    ensure!(
+        !copies.is_empty()
+            && pieces.iter().chain(copies).all(|p| {
+                p["expires_at"]
+                    .as_u64()
+                    .is_some_and(|t| t > now + 29 * 86_400)
+            }),
+        "{status}"
+    );
     // Unpinned, then pinned again from the network: the holders are found.
     ensure!(via_node(&["pin", "rm", &cid])?.status.success());
     ensure!(json(via_node(&["pin", "ls", "--json"])?)? == serde_json::json!([]));
@@ -460,6 +474,8 @@ async fn sealed_content_round_trips_and_nodes_hold_no_plaintext() -> Result<()> 
         .filter(|p| p["holder"].is_string())
         .count();
     ensure!(found == 9, "{found} holders found: {status}");
+    let copies = status["manifest_copies"].as_array().context("copies")?;
+    ensure!(!copies.is_empty(), "manifest holders found: {status}");
 
     // Back whole through a client of the command's own, and as a range
     // across seal records through the node.
