@@ -82,15 +82,19 @@ async fn detection(seed: u64) -> Result<(Vec<Option<f64>>, usize, u64)> {
     let ids: Vec<_> = net.up().into_iter().map(|i| net.peer_id(i)).collect();
     let mut caught: HashMap<_, f64> = HashMap::new();
     // Polled every 100 ms of real time: 100 simulated seconds.
-    let _ = wait_for("every node caught", Duration::from_secs(day / 1000 + 5), || {
-        let hours = client.now().saturating_sub(start) as f64 / 3600.0;
-        for (peer, rep) in pinner::reputations(&client)? {
-            if rep.failed > 0.0 && hours <= 24.0 {
-                caught.entry(peer).or_insert(hours);
+    let _ = wait_for(
+        "every node caught",
+        Duration::from_secs(day / 1000 + 5),
+        || {
+            let hours = client.now().saturating_sub(start) as f64 / 3600.0;
+            for (peer, rep) in pinner::reputations(&client)? {
+                if rep.failed > 0.0 && hours <= 24.0 {
+                    caught.entry(peer).or_insert(hours);
+                }
             }
-        }
-        Ok(caught.len() == ids.len() || hours > 24.0)
-    })
+            Ok(caught.len() == ids.len() || hours > 24.0)
+        },
+    )
     .await;
     let failed = status(&client, &added[0])?.counters.audits_failed;
     net.shutdown().await;
@@ -128,7 +132,10 @@ async fn repair_traffic() -> Result<()> {
         .take(leave)
         .collect();
     ensure!(leaving.len() == leave, "{leave} holders to leave");
-    let gone: HashSet<String> = leaving.iter().map(|&i| net.peer_id(i).to_string()).collect();
+    let gone: HashSet<String> = leaving
+        .iter()
+        .map(|&i| net.peer_id(i).to_string())
+        .collect();
     for &i in &leaving {
         net.leave(i).await?;
     }
@@ -179,7 +186,8 @@ async fn main() -> Result<()> {
     }
     let mut hours: Vec<f64> = times.iter().flatten().copied().collect();
     hours.sort_by(f64::total_cmp);
-    let at = |q: f64| hours.get(((hours.len() as f64 * q) as usize).min(hours.len().saturating_sub(1)));
+    let at =
+        |q: f64| hours.get(((hours.len() as f64 * q) as usize).min(hours.len().saturating_sub(1)));
     println!(
         "detection: {runs} runs × 20 nodes, each dropping 1% of ~86 pieces ({dropped} pieces); \
          {} of {nodes} nodes caught within 24 h, {failed} audits failed; hours to catch: median {:.1}, p90 {:.1}, max {:.1} \
