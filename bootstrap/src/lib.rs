@@ -77,7 +77,7 @@ impl Bootstrap {
             .map_err(|e| net_err(&e))?
             .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
             .build();
-        let listen_addrs = listen(&mut swarm, &config.listen)
+        let listen_addrs = listen(&mut swarm, &config.listen, true)
             .await?
             .into_iter()
             .map(|(_, addr)| addr)
@@ -132,6 +132,14 @@ impl Bootstrap {
                 tracing::debug!(%peer_id, "connected");
             }
             SwarmEvent::NewListenAddr { address, .. } => tracing::info!(%address, "listening"),
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::RoutingUpdated {
+                peer,
+                is_new_peer: true,
+                ..
+            })) => tracing::debug!(%peer, "DHT server added to the routing table"),
+            SwarmEvent::Behaviour(BehaviourEvent::Relay(
+                relay::Event::ReservationReqAccepted { src_peer_id, .. },
+            )) => tracing::info!(peer = %src_peer_id, "relay slot reserved"),
             _ => {}
         }
     }

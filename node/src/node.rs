@@ -20,7 +20,7 @@ use libp2p::kad::{self, QueryId, QueryResult, RecordKey};
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, Swarm, SwarmBuilder, noise, tcp, yamux};
+use libp2p::{Multiaddr, PeerId, Swarm, SwarmBuilder, autonat, noise, relay, tcp, yamux};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 
@@ -528,7 +528,8 @@ impl Node {
         .map_err(|e| StartError::Providers(e.to_string()))?;
         let serve = config.capacity > 0;
         let mut swarm = build_swarm(&key, providers, &config, serve)?;
-        let listening = listen(&mut swarm, &config.listen).await?;
+        let local = on_this_machine(&config.bootstrap);
+        let listening = listen(&mut swarm, &config.listen, local).await?;
         let listen_addrs = listening.iter().map(|(_, a)| a.clone()).collect();
         for addr in &config.external {
             swarm.add_external_address(addr.clone());
@@ -573,6 +574,7 @@ impl Node {
             fault: config.fault,
             delay: Duration::ZERO,
             intercepted: None,
+            relayed: false,
             config,
         };
         let task = tokio::spawn(event_loop.run(shutdown_rx));
@@ -679,12 +681,31 @@ fn memory_transport(
     })
 }
 
+/// Whether every bootstrap address is on this machine (loopback or in
+/// process): then so is the network, and this node's loopback addresses
+/// are ones its peers can reach.
+pub fn on_this_machine(bootstrap: &[Multiaddr]) -> bool {
+    bootstrap.iter().all(is_local)
+}
+
+fn is_local(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| match p {
+        Protocol::Ip4(ip) => ip.is_loopback(),
+        Protocol::Ip6(ip) => ip.is_loopback(),
+        Protocol::Memory(_) => true,
+        _ => false,
+    })
+}
+
 /// Starts every listener and waits until each has its first address (so a
-/// port 0 is known). Loopback and in-memory addresses are taken as external:
-/// only this machine (process) can reach them, and it can.
+/// port 0 is known). With `local` (a network on this machine), loopback and
+/// in-memory addresses are taken as external: only this machine (process)
+/// can reach them, and it can. Otherwise only `--external` addresses and
+/// those AutoNAT confirms are: a node nobody can reach stays a DHT client.
 pub async fn listen<B: NetworkBehaviour>(
     swarm: &mut Swarm<B>,
     addrs: &[Multiaddr],
+    local: bool,
 ) -> Result<Vec<(ListenerId, Multiaddr)>, StartError> {
     let mut waiting = HashMap::new();
     for addr in addrs {
@@ -713,7 +734,7 @@ pub async fn listen<B: NetworkBehaviour>(
                 address,
             } => {
                 waiting.remove(&listener_id);
-                note_listen_addr(swarm, &address);
+                note_listen_addr(swarm, &address, local);
                 found.push((listener_id, address));
             }
             SwarmEvent::ListenerClosed {
@@ -740,14 +761,8 @@ pub async fn listen<B: NetworkBehaviour>(
     Ok(found)
 }
 
-fn note_listen_addr<B: NetworkBehaviour>(swarm: &mut Swarm<B>, addr: &Multiaddr) {
-    let loopback = addr.iter().any(|p| match p {
-        Protocol::Ip4(ip) => ip.is_loopback(),
-        Protocol::Ip6(ip) => ip.is_loopback(),
-        Protocol::Memory(_) => true,
-        _ => false,
-    });
-    if loopback {
+fn note_listen_addr<B: NetworkBehaviour>(swarm: &mut Swarm<B>, addr: &Multiaddr, local: bool) {
+    if local && is_local(addr) {
         swarm.add_external_address(addr.clone());
     }
 }
@@ -904,6 +919,9 @@ struct EventLoop {
     delay: Duration,
     /// Challenges for these pieces go to a fault test (`intercept_audits`).
     intercepted: Option<(HashSet<Cid>, mpsc::Sender<Challenge>)>,
+    /// Listening through the bootstrap peers' relays (once AutoNAT found
+    /// this node unreachable).
+    relayed: bool,
     config: Config,
 }
 
@@ -1112,8 +1130,23 @@ impl EventLoop {
                 }
             }
             SwarmEvent::NewListenAddr { address, .. } => {
-                note_listen_addr(&mut self.swarm, &address);
+                let local = on_this_machine(&self.config.bootstrap);
+                note_listen_addr(&mut self.swarm, &address, local);
+                if address.iter().any(|p| p == Protocol::P2pCircuit) {
+                    // Reachable through the relay: provider records and
+                    // identify carry it. The DHT mode stays pinned to client.
+                    self.swarm.add_external_address(address.clone());
+                }
                 tracing::info!(%address, "listening");
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Autonat(autonat::Event::StatusChanged {
+                new,
+                ..
+            })) => self.on_reachability(new),
+            SwarmEvent::Behaviour(BehaviourEvent::Relay(
+                relay::client::Event::ReservationReqAccepted { relay_peer_id, .. },
+            )) => {
+                tracing::info!(relay = %relay_peer_id, "relay reservation accepted: reachable through the relay");
             }
             SwarmEvent::ConnectionEstablished { peer_id, .. } => {
                 tracing::debug!(%peer_id, "connected");
@@ -1128,8 +1161,40 @@ impl EventLoop {
         }
     }
 
+    /// AutoNAT's verdict: a node others cannot reach stays a DHT client
+    /// (whatever addresses it was told are external) and reserves a slot on
+    /// each bootstrap peer's relay; a reachable one serves the DHT.
+    fn on_reachability(&mut self, status: autonat::NatStatus) {
+        let b = self.swarm.behaviour_mut();
+        match status {
+            autonat::NatStatus::Public(addr) => {
+                tracing::info!(%addr, "reachable from outside (AutoNAT)");
+                b.kad.set_mode(None);
+            }
+            autonat::NatStatus::Private => {
+                tracing::info!(
+                    "not reachable from outside (AutoNAT): DHT client, asking the bootstrap peers' relays for a slot"
+                );
+                b.kad.set_mode(Some(kad::Mode::Client));
+                if std::mem::replace(&mut self.relayed, true) {
+                    return;
+                }
+                for addr in self.config.bootstrap.clone() {
+                    let circuit = addr.with(Protocol::P2pCircuit);
+                    if let Err(e) = self.swarm.listen_on(circuit.clone()) {
+                        tracing::warn!(%circuit, error = %e, "cannot listen through relay");
+                    }
+                }
+            }
+            autonat::NatStatus::Unknown => {}
+        }
+    }
+
     fn on_kad(&mut self, event: kad::Event) {
         match event {
+            kad::Event::ModeChanged { new_mode } => {
+                tracing::info!(mode = %new_mode, "DHT mode");
+            }
             // The first peer in the table starts the first round.
             kad::Event::RoutingUpdated { .. } if self.announcer.never_started() => {
                 self.announcer.start_round(Instant::now());
