@@ -140,6 +140,10 @@ impl Bootstrap {
             SwarmEvent::Behaviour(BehaviourEvent::Relay(
                 relay::Event::ReservationReqAccepted { src_peer_id, .. },
             )) => tracing::info!(peer = %src_peer_id, "relay slot reserved"),
+            SwarmEvent::Behaviour(BehaviourEvent::Relay(relay::Event::CircuitReqAccepted {
+                src_peer_id,
+                dst_peer_id,
+            })) => tracing::info!(from = %src_peer_id, to = %dst_peer_id, "relay circuit opened"),
             _ => {}
         }
     }

@@ -19,6 +19,7 @@ use libp2p::identity::Keypair;
 use libp2p::kad::{self, QueryId, QueryResult, RecordKey};
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, SwarmBuilder, autonat, noise, relay, tcp, yamux};
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -422,7 +423,8 @@ impl Handle {
         Ok(found.contains(&peer))
     }
 
-    /// Connects to `addr` (ending in `/p2p/<peer id>`).
+    /// Connects to `addr` (ending in `/p2p/<peer id>`): returns once the
+    /// connection is up, or the dial failed.
     pub async fn dial(&self, addr: Multiaddr) -> Result<(), RequestError> {
         self.call(|reply| Command::Dial { addr, reply }).await?
     }
@@ -1074,11 +1076,16 @@ impl EventLoop {
                 self.lookups.insert(id, (HashSet::new(), reply));
             }
             Command::Dial { addr, reply } => {
-                let result = self
-                    .swarm
-                    .dial(addr)
-                    .map_err(|e| RequestError::Lookup(e.to_string()));
-                let _ = reply.send(result);
+                let Some(Protocol::P2p(peer)) = addr.iter().last() else {
+                    let reason = format!("{addr} does not end in /p2p/<peer id>");
+                    let _ = reply.send(Err(RequestError::Lookup(reason)));
+                    return;
+                };
+                let opts = DialOpts::peer_id(peer)
+                    .addresses(vec![addr])
+                    .condition(PeerCondition::Always)
+                    .build();
+                self.await_connection(peer, reply, opts);
             }
             Command::Closest { key, reply } => {
                 let id = b.kad.get_closest_peers(key);
@@ -1132,11 +1139,6 @@ impl EventLoop {
             SwarmEvent::NewListenAddr { address, .. } => {
                 let local = on_this_machine(&self.config.bootstrap);
                 note_listen_addr(&mut self.swarm, &address, local);
-                if address.iter().any(|p| p == Protocol::P2pCircuit) {
-                    // Reachable through the relay: provider records and
-                    // identify carry it. The DHT mode stays pinned to client.
-                    self.swarm.add_external_address(address.clone());
-                }
                 tracing::info!(%address, "listening");
             }
             SwarmEvent::Behaviour(BehaviourEvent::Autonat(autonat::Event::StatusChanged {
@@ -1146,6 +1148,8 @@ impl EventLoop {
             SwarmEvent::Behaviour(BehaviourEvent::Relay(
                 relay::client::Event::ReservationReqAccepted { relay_peer_id, .. },
             )) => {
+                // The relay client confirms the circuit address as external
+                // (provider records carry it); the DHT mode stays client.
                 tracing::info!(relay = %relay_peer_id, "relay reservation accepted: reachable through the relay");
             }
             SwarmEvent::ConnectionEstablished { peer_id, .. } => {
@@ -1488,17 +1492,23 @@ impl EventLoop {
                     let _ = a.send(Ok(()));
                     return;
                 }
-                let waiting = self.connecting.entry(peer).or_default();
-                if waiting.len() >= CONNECT_WAITERS {
-                    let _ = a.send(Err(RequestError::Lookup("too many waiting".into())));
-                    return;
-                }
-                waiting.push(a);
-                match self.swarm.dial(peer) {
-                    Ok(()) | Err(libp2p::swarm::DialError::DialPeerConditionFalse(_)) => {}
-                    Err(e) => self.connected(peer, Err(e.to_string())),
-                }
+                self.await_connection(peer, a, DialOpts::peer_id(peer).build());
             }
+        }
+    }
+
+    /// Dials with `opts` and answers `a` once a connection to `peer` is
+    /// established, or the dial failed.
+    fn await_connection(&mut self, peer: PeerId, a: Answer<()>, opts: DialOpts) {
+        let waiting = self.connecting.entry(peer).or_default();
+        if waiting.len() >= CONNECT_WAITERS {
+            let _ = a.send(Err(RequestError::Lookup("too many waiting".into())));
+            return;
+        }
+        waiting.push(a);
+        match self.swarm.dial(opts) {
+            Ok(()) | Err(libp2p::swarm::DialError::DialPeerConditionFalse(_)) => {}
+            Err(e) => self.connected(peer, Err(e.to_string())),
         }
     }
 }

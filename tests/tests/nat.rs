@@ -1,6 +1,7 @@
 //! Guards issue #3 across a real network link: AutoNAT keeps a node that
 //! others cannot reach a DHT client and sends it to the bootstrap's relay,
-//! while a reachable node becomes a DHT server.
+//! while a reachable node becomes a DHT server, and peers reach the
+//! unreachable one through that relay.
 //!
 //! Two network namespaces made for the test, joined by a veth pair:
 //! `pub` (11.77.0.1, a globally routable-looking address, as AutoNAT only
@@ -9,11 +10,15 @@
 //! only: it can dial out, nobody can dial in, as behind a NAT or a firewall.
 //! Needs root (to create namespaces), as CI and this machine's sessions run.
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{Context as _, Result, bail, ensure};
+use anyhow::{Context as _, Result, anyhow, bail, ensure};
+use cairn_protocol::block;
+use cairn_protocol::wire::{FetchRequest, FetchResponse};
 use cairn_tests::procs::{Proc, bin};
 
 /// AutoNAT's first probe comes 15 s after start.
@@ -77,6 +82,22 @@ impl Link {
         all.extend(args);
         Proc::spawn(Path::new("ip"), &all, log.to_path_buf())
     }
+}
+
+/// Runs `f` on a thread of its own that has entered namespace `ns`, so the
+/// sockets it opens are that namespace's.
+fn in_namespace<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let file = std::fs::File::open(Path::new("/var/run/netns").join(ns))
+        .with_context(|| format!("no namespace {ns}"))?;
+    std::thread::spawn(move || {
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)?;
+        f()
+    })
+    .join()
+    .map_err(|_| anyhow!("the thread in {ns} panicked"))?
 }
 
 impl Drop for Link {
@@ -157,5 +178,42 @@ fn an_unreachable_node_stays_a_dht_client_and_reserves_a_relay_slot() -> Result<
             .any(|l| l.contains("added to the routing table") && l.contains(&a.peer_id)),
         "A is in no routing table:\n{boot_log}"
     );
+
+    // A client in the public namespace, which cannot dial A directly,
+    // stores a piece on A and reads it back through the bootstrap's relay.
+    let a_id = common::peer(&a.peer_id)?;
+    let circuit = common::addr(&format!("{boot_addr}/p2p-circuit/p2p/{a_id}"))?;
+    let client_dir = dir.path().join("client");
+    let bootstrap = boot_addr.clone();
+    in_namespace(&link.public, move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async move {
+            let client = common::client(&client_dir, &[&bootstrap]).await?;
+            // Connected to the relay first: the relay client dials a relay
+            // itself only if no dial to it is under way.
+            client.handle.dial(common::addr(&bootstrap)?).await?;
+            tokio::time::timeout(LIMIT, client.handle.dial(circuit))
+                .await
+                .context("no connection to A through the relay")??;
+            let data = common::random_piece(3, 16 << 10);
+            common::put(&client, a_id, &data).await?;
+            let piece = block::piece_cid(&data);
+            match client
+                .handle
+                .fetch(a_id, FetchRequest::PieceV1 { piece })
+                .await?
+            {
+                FetchResponse::PieceV1 { data: got } => ensure!(got.as_ref() == data),
+                other => bail!("A answered {other:?}"),
+            }
+            client.stop().await;
+            Ok(())
+        })
+    })?;
+    boot.wait_log(LIMIT, |l| {
+        l.contains("relay circuit opened") && l.contains(&a.peer_id)
+    })?;
     Ok(())
 }
