@@ -59,6 +59,21 @@ fn file_cids_match_the_reference_at_every_boundary() -> Result<()> {
 }
 
 #[test]
+fn a_three_level_tree_matches_the_reference() -> Result<()> {
+    // 174² chunks fill two levels of links; one byte more needs a third
+    // (7.4 GiB). The file is sparse, all zeros: no disk used, and the
+    // reference keeps one copy of each distinct block in memory.
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("three-levels");
+    let len = MAX_LINKS * MAX_LINKS * CHUNK_SIZE + 1;
+    fs::File::create(&path)?.set_len(len as u64)?;
+    let ours = unixfs::import_file(fs::File::open(&path)?, &mut NullSink)?;
+    let theirs = reference::hash_files(&[&path])?;
+    assert_eq!(ours.cid.to_string(), theirs[0], "CID of {len} bytes");
+    Ok(())
+}
+
+#[test]
 fn directory_tree_cid_matches_the_reference() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let root = tmp.path().join("tree");
