@@ -686,7 +686,7 @@ fn memory_transport(
 /// Whether every bootstrap address is on this machine (loopback or in
 /// process): then so is the network, and this node's loopback addresses
 /// are ones its peers can reach.
-pub fn on_this_machine(bootstrap: &[Multiaddr]) -> bool {
+fn on_this_machine(bootstrap: &[Multiaddr]) -> bool {
     bootstrap.iter().all(is_local)
 }
 

@@ -2,43 +2,27 @@
 //! audited, fails its audits on time. A test binary of its own, so that no
 //! other simulated network shares the two cores while answers are timed.
 
+mod common;
+
 use std::time::Duration;
 
 use anyhow::Result;
 use cairn_node::client::{AddOptions, GetOptions};
-use cairn_node::{pinner, upkeep};
+use cairn_node::pinner;
+use cairn_sim::Network;
 use cairn_sim::pins::{placements, wait_for, whole};
-use cairn_sim::{Config, Network};
-use rand::{RngCore as _, SeedableRng as _};
+use common::{bytes, config};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lazy_node_fails_its_audits() -> Result<()> {
     // Pieces of nearly 4 MiB (23 MiB at 6+3) under the default time
     // limit: 50 ms plus two round trips. One audit at a time: every node
     // here shares the machine's two cores, where a real holder has its own.
-    let config = Config {
-        nodes: 12,
-        seed: 14,
-        speed: 200,
-        pinner: pinner::Settings {
-            upkeep: upkeep::Config {
-                audit_every: 600,
-                offline_grace: 1200,
-                ..Default::default()
-            },
-            audits_in_flight: 1,
-            ..Default::default()
-        },
-        ..Config::default()
-    };
+    let mut config = config(12, 14);
+    config.pinner.audit_allowance = pinner::Settings::default().audit_allowance;
+    config.pinner.audits_in_flight = 1;
     let mut net = Network::start(config).await?;
-    let contents: Vec<Vec<u8>> = (0..3)
-        .map(|i| {
-            let mut v = vec![0; 23 << 20];
-            rand::rngs::StdRng::seed_from_u64(400 + i).fill_bytes(&mut v);
-            v
-        })
-        .collect();
+    let contents: Vec<Vec<u8>> = (0..3).map(|i| bytes(23 << 20, 400 + i)).collect();
     let mut added = Vec::new();
     for c in &contents {
         added.push(net.add(c, &AddOptions::default()).await?);

@@ -3,6 +3,8 @@
 //! that audits (every 10 simulated minutes here) and the offline grace (20
 //! simulated minutes) pass in seconds.
 
+mod common;
+
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
@@ -10,36 +12,9 @@ use anyhow::Result;
 use cairn_node::client::{AddOptions, Added, GetOptions};
 use cairn_node::node::Handle;
 use cairn_node::pinner;
-use cairn_node::upkeep;
+use cairn_sim::Network;
 use cairn_sim::pins::{placements, status, wait_for, whole};
-use cairn_sim::{Config, Network};
-use rand::{RngCore as _, SeedableRng as _};
-
-fn bytes(n: usize, seed: u64) -> Vec<u8> {
-    let mut v = vec![0; n];
-    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut v);
-    v
-}
-
-fn config(nodes: usize, seed: u64) -> Config {
-    Config {
-        nodes,
-        seed,
-        speed: 200,
-        pinner: pinner::Settings {
-            upkeep: upkeep::Config {
-                audit_every: 600,
-                offline_grace: 1200,
-                ..Default::default()
-            },
-            // 20 nodes share 2 cores: answers wait for CPU, which is not
-            // what these tests are about.
-            audit_allowance: Duration::from_secs(1),
-            ..Default::default()
-        },
-        ..Config::default()
-    }
-}
+use common::{bytes, config};
 
 /// A network of `nodes` whose client added and pinned `n` contents of 1 MiB.
 async fn with_content(
