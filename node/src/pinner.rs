@@ -195,7 +195,8 @@ pub async fn pin_existing(net: &Handle, root: Cid) -> Result<bool> {
         .buffered(16)
         .collect()
         .await;
-    let (cid, size) = (manifest.cid(), manifest.encode().len() as u64);
+    let (bytes, cid) = manifest.encode_with_cid();
+    let size = bytes.len() as u64;
     for (i, holder) in providers(net, cid)
         .await
         .into_iter()
@@ -205,7 +206,7 @@ pub async fn pin_existing(net: &Handle, root: Cid) -> Result<bool> {
         rows.push(((MANIFEST, i as u32), row(cid, size, Some(holder))));
     }
     let pin = Pin {
-        manifest: manifest.cid(),
+        manifest: cid,
         k: manifest.scheme.k,
         m: manifest.scheme.m,
         bytes: manifest.stream_len,

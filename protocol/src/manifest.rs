@@ -91,7 +91,14 @@ impl Manifest {
 
     /// The manifest's own CID (DAG-CBOR, sha2-256).
     pub fn cid(&self) -> Cid {
-        block::sha256_cid(DAG_CBOR, &self.encode())
+        self.encode_with_cid().1
+    }
+
+    /// The encoding and its CID, encoding once.
+    pub fn encode_with_cid(&self) -> (Vec<u8>, Cid) {
+        let bytes = self.encode();
+        let cid = block::sha256_cid(DAG_CBOR, &bytes);
+        (bytes, cid)
     }
 
     /// Decodes and validates a manifest from untrusted bytes.

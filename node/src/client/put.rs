@@ -125,10 +125,11 @@ pub async fn add(
     .context("import task failed")??;
     progress(Progress::Hashed { total });
     if let Some(m) = find_manifest(net, root).await? {
+        let (bytes, cid) = m.encode_with_cid();
         return Ok(Added {
             root,
-            manifest: m.cid(),
-            manifest_size: m.encode().len() as u64,
+            manifest: cid,
+            manifest_size: bytes.len() as u64,
             bytes: m.stream_len,
             scheme: m.scheme,
             piece_lens: piece_lens(&m),
@@ -196,12 +197,21 @@ pub async fn add(
             manifest.root
         );
     }
-    let manifest_holders = store_manifest(&shared, &manifest, options.manifest_copies).await?;
+    let (bytes, cid) = manifest.encode_with_cid();
+    let bytes = Bytes::from(bytes);
+    let manifest_holders = store_manifest(
+        &shared,
+        manifest.root,
+        cid,
+        bytes.clone(),
+        options.manifest_copies,
+    )
+    .await?;
     let replaced = *lock(&shared.replaced);
     Ok(Added {
         root,
-        manifest: manifest.cid(),
-        manifest_size: manifest.encode().len() as u64,
+        manifest: cid,
+        manifest_size: bytes.len() as u64,
         bytes: manifest.stream_len,
         scheme: manifest.scheme,
         piece_lens: piece_lens(&manifest),
@@ -565,21 +575,22 @@ fn check_receipt(receipt: &SignedReceipt, terms: &Terms, peer: &PeerId) -> Resul
     Ok(())
 }
 
-/// Stores the manifest on up to `copies` nodes closest to the content
-/// root; they announce the root. Returns how many hold it (at least one).
+/// Stores the manifest (`bytes`, whose CID is `cid`) on up to `copies`
+/// nodes closest to the content `root`; they announce the root. Returns
+/// the nodes that hold it (at least one).
 async fn store_manifest(
     shared: &Shared,
-    manifest: &Manifest,
+    root: Cid,
+    cid: Cid,
+    bytes: Bytes,
     copies: usize,
 ) -> Result<Vec<PeerId>> {
-    let bytes = Bytes::from(manifest.encode());
     ensure!(
         bytes.len() as u64 <= MAX_PIECE_SIZE,
         "the manifest is {} bytes, over the {MAX_PIECE_SIZE}-byte limit of a piece: add content in smaller parts",
         bytes.len()
     );
-    let cid = manifest.cid();
-    let mut candidates: VecDeque<PeerId> = shared.candidates(manifest.root).await?.into();
+    let mut candidates: VecDeque<PeerId> = shared.candidates(root).await?.into();
     let mut stored = Vec::new();
     let mut attempts = FuturesUnordered::new();
     let mut last_error = String::from("no storage node found");
