@@ -63,7 +63,11 @@ impl Bootstrap {
             .map_err(|e| net_err(&e))?
             .with_quic()
             .with_behaviour(|key| {
-                let mut kad = kad::Behaviour::with_config(peer_id, providers, net::kad_config());
+                let mut kad = kad::Behaviour::with_config(
+                    peer_id,
+                    providers,
+                    net::kad_config(Some(net::DHT_REFRESH)),
+                );
                 kad.set_mode(Some(kad::Mode::Server));
                 Behaviour {
                     limits: net::connection_limits(config.max_connections),

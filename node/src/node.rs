@@ -27,7 +27,7 @@ use tokio::task::JoinSet;
 
 use crate::identity;
 use crate::net::providers::{self, ProviderStore};
-use crate::net::{Behaviour, BehaviourEvent};
+use crate::net::{self, Behaviour, BehaviourEvent};
 use crate::pinner::{self, Pinning};
 use crate::pins::Pins;
 use crate::store::{self, Store};
@@ -51,6 +51,9 @@ pub struct Config {
     pub max_connections: u32,
     /// A connection with no stream open closes after this long. Default 60 s.
     pub idle_timeout: Duration,
+    /// How often Kademlia refreshes the routing table; `None` only when it
+    /// holds fewer than 20 peers. Default 5 min ([`net::DHT_REFRESH`]).
+    pub dht_refresh: Option<Duration>,
     /// Every held piece is announced again this often. Default 12 h (provider
     /// records live 48 h).
     pub announce_interval: Duration,
@@ -146,6 +149,7 @@ impl Config {
             external: Vec::new(),
             max_connections: 512,
             idle_timeout: Duration::from_secs(60),
+            dht_refresh: Some(net::DHT_REFRESH),
             announce_interval: Duration::from_secs(12 * 3600),
             announce_concurrency: 32,
             expiry_interval: Duration::from_secs(600),
@@ -634,6 +638,7 @@ fn build_swarm(
     let net = |e: &dyn std::fmt::Display| StartError::Network(e.to_string());
     let max = config.max_connections;
     let idle = config.idle_timeout;
+    let refresh = config.dht_refresh;
     let builder = SwarmBuilder::with_existing_identity(key.clone()).with_tokio();
     let swarm = match config.transport {
         Transport::Network => builder
@@ -646,14 +651,16 @@ fn build_swarm(
             .with_quic()
             .with_relay_client(noise::Config::new, yamux::Config::default)
             .map_err(|e| net(&e))?
-            .with_behaviour(|key, relay| Behaviour::new(key, Some(relay), providers, max, serve))
+            .with_behaviour(|key, relay| {
+                Behaviour::new(key, Some(relay), providers, max, serve, refresh)
+            })
             .map_err(|e| net(&e))?
             .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
             .build(),
         Transport::Memory { noise: encrypt } => builder
             .with_other_transport(|key| memory_transport(key, encrypt))
             .map_err(|e| net(&e))?
-            .with_behaviour(|key| Behaviour::new(key, None, providers, max, serve))
+            .with_behaviour(|key| Behaviour::new(key, None, providers, max, serve, refresh))
             .map_err(|e| net(&e))?
             .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
             .build(),
@@ -1131,7 +1138,7 @@ impl EventLoop {
             // addresses they listen on.
             SwarmEvent::Behaviour(BehaviourEvent::Identify(
                 libp2p::identify::Event::Received { peer_id, info, .. },
-            )) if info.protocols.contains(&crate::net::KAD_PROTOCOL) => {
+            )) if info.protocols.contains(&net::KAD_PROTOCOL) => {
                 for addr in info.listen_addrs {
                     self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
                 }

@@ -35,13 +35,15 @@ fn main() -> Result<()> {
     let sim = bin("cairn-sim")?;
     println!("machine: {cores} cores, {mem_gib:.1} GiB memory");
     println!(
-        "{:>6} {:>9} {:>10} {:>8} {:>9} {:>9} {:>9} {:>10} {:>9} {:>9}",
+        "{:>6} {:>7} {:>9} {:>9} {:>9} {:>8} {:>7} {:>8} {:>9} {:>8} {:>9} {:>9}",
         "nodes",
         "up (s)",
+        "CPU/join",
         "conn/node",
+        "idle CPU",
         "adds",
-        "lookups",
         "found",
+        "CPU/look",
         "wall (s)",
         "CPU (s)",
         "CPU/core",
@@ -69,13 +71,15 @@ fn main() -> Result<()> {
         let found = f("lookups_found") / f("lookups");
         let peak = f("peak_rss_mib") / 1024.0;
         println!(
-            "{n:>6} {:>9.1} {:>10.1} {:>4}/{:<3} {:>9} {:>8.1}% {:>9.1} {:>10.1} {:>9.2} {:>5.2}/{:.0}",
+            "{n:>6} {:>7.0} {:>8.2}s {:>9.1} {:>8.2}c {:>4}/{:<3} {:>6.1}% {:>6.0}ms {:>9.0} {:>8.0} {:>9.2} {:>5.2}/{:.0}",
             f("startup_s"),
+            f("startup_cpu_s") / n as f64,
             f("connections_per_node"),
+            f("idle_cores"),
             f("adds_ok"),
             f("adds"),
-            f("lookups"),
             found * 100.0,
+            f("lookups_cpu_s") / f("lookups") * 1000.0,
             f("wall_s"),
             f("cpu_s"),
             f("cpu_s") / f("wall_s") / cores as f64,

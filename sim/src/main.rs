@@ -56,6 +56,13 @@ enum Command {
         /// Nodes joining at once.
         #[arg(long, default_value_t = 16)]
         join_concurrency: usize,
+        /// A connection with no stream open closes after this long.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+        idle_timeout: Duration,
+        /// Kademlia's periodic routing-table refresh, as real nodes run it
+        /// every 5m; off by default (docs/SIMULATOR.md).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        dht_refresh: Option<Duration>,
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
@@ -108,6 +115,12 @@ impl Knobs {
     }
 }
 
+/// Thousands of nodes allocate and free small buffers from two threads at
+/// once; mimalloc does that with less CPU and less memory than glibc's
+/// malloc (docs/BENCHMARKS.md, simulator scale).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -132,6 +145,8 @@ fn main() -> Result<()> {
             lookups,
             noise,
             join_concurrency,
+            idle_timeout,
+            dht_refresh,
             seed,
         } => {
             let options = cairn_sim::scale::Options {
@@ -140,6 +155,8 @@ fn main() -> Result<()> {
                 lookups,
                 noise,
                 join_concurrency,
+                idle_timeout,
+                dht_refresh,
                 seed,
             };
             let runtime = tokio::runtime::Runtime::new().context("cannot start the runtime")?;

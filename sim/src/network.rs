@@ -6,7 +6,7 @@
 //! network's directory. Clients are nodes with no capacity, as `cairn add`
 //! starts them.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -15,6 +15,7 @@ use cairn_node::client::{self, AddOptions, Added, Content, GetOptions, Input};
 use cairn_node::node::{Clock, Config as NodeConfig, Fault, Handle, Node, Status, Transport};
 use cairn_node::pinner;
 use cid::Cid;
+use futures::FutureExt as _;
 use libp2p::multiaddr::Protocol;
 
 use crate::lazy;
@@ -45,6 +46,11 @@ pub struct Config {
     /// time). Default 10 s: every connection costs about 60 KB, and a node
     /// that joins talks to many peers once.
     pub idle_timeout: Duration,
+    /// Kademlia's periodic routing-table refresh (real time). Default off:
+    /// each refresh costs a node about what joining did, and N nodes on a
+    /// few cores cannot all pay it every 5 min (docs/SIMULATOR.md). Nodes
+    /// still refresh while they know fewer than 20 peers.
+    pub dht_refresh: Option<Duration>,
     /// Seed of the RNG behind seeds and fault choices.
     pub seed: u64,
     /// How every node, the client included, keeps pinned content alive.
@@ -66,6 +72,7 @@ impl Default for Config {
             seeds: 3,
             max_connections: 512,
             idle_timeout: Duration::from_secs(10),
+            dht_refresh: None,
             seed: 0,
             pinner: pinner::Settings::default(),
             dir: None,
@@ -148,55 +155,72 @@ impl Network {
         Ok(net)
     }
 
-    /// Adds `n` new storage nodes, `join_concurrency` at a time, each given
-    /// seeds among the nodes already up. Returns their indices.
+    /// Adds `n` new storage nodes, up to `join_concurrency` joining at once,
+    /// each given seeds among the nodes that have finished joining. Node `i`
+    /// starts once every node before `i - join_concurrency` has joined, so
+    /// the seeds it may be given do not depend on timing. Returns their
+    /// indices.
     pub async fn grow(&mut self, n: usize) -> Result<Vec<usize>> {
         let first = self.slots.len();
         let end = first + n;
-        while self.slots.len() < end {
-            // The very first node starts alone: the rest need someone to dial.
-            let wave = if self.up().is_empty() {
-                1
-            } else {
-                self.config.join_concurrency.max(1)
-            };
-            let from = self.slots.len();
-            let batch = wave.min(end - from);
-            let mut starts = Vec::with_capacity(batch);
-            for i in from..from + batch {
-                let mut config = self.node_config(
-                    self.root.join(format!("node-{i:05}")),
-                    "/memory/0".parse().expect("valid"),
-                );
-                let seeds = self.pick_seeds(self.reachable_from(i));
-                config.bootstrap = seeds.iter().map(|&j| self.p2p_addr(j)).collect();
-                let seed_handles: Vec<Handle> =
-                    seeds.iter().filter_map(|&j| self.handle(j)).collect();
-                // The nodes it can reach once this wave is up, itself included.
-                let network = self.reachable_from(i).len() + batch;
-                starts.push(async move {
-                    let dir = config.data_dir.clone();
-                    let node = Node::start(config)
-                        .await
-                        .with_context(|| format!("cannot start node {i}"))?;
-                    joined(&node.handle, &seed_handles, network).await?;
-                    anyhow::Ok((dir, node))
-                });
+        let concurrency = self.config.join_concurrency.max(1);
+        // Joins under way, oldest first. A node joins on its own tasks: these
+        // futures only watch, so they need no polling until awaited.
+        let mut joining: VecDeque<(usize, futures::future::BoxFuture<'static, Result<()>>)> =
+            VecDeque::new();
+        for i in first..end {
+            loop {
+                let seeds_up = self
+                    .reachable_from(i)
+                    .iter()
+                    .any(|j| !joining.iter().any(|(k, _)| k == j));
+                // The very first node starts alone: the rest need a seed.
+                if joining.len() < concurrency && (seeds_up || joining.is_empty()) {
+                    break;
+                }
+                let (k, join) = joining.pop_front().expect("a join is under way");
+                join.await
+                    .with_context(|| format!("node {k} did not join"))?;
+                if (k + 1) % 100 == 0 {
+                    tracing::info!(nodes = k + 1, "joined");
+                }
             }
-            for (dir, node) in futures::future::try_join_all(starts).await? {
-                let addr = node
-                    .listen_addrs
-                    .first()
-                    .cloned()
-                    .context("node has no listen address")?;
-                self.slots.push(Slot {
-                    peer: node.peer_id,
-                    dir,
-                    addr,
-                    node: Some(node),
-                    gone: false,
-                });
-            }
+            let candidates = self
+                .reachable_from(i)
+                .into_iter()
+                .filter(|j| !joining.iter().any(|(k, _)| k == j))
+                .collect();
+            let seeds = self.pick_seeds(candidates);
+            let mut config = self.node_config(
+                self.root.join(format!("node-{i:05}")),
+                "/memory/0".parse().expect("valid"),
+            );
+            config.bootstrap = seeds.iter().map(|&j| self.p2p_addr(j)).collect();
+            let seed_handles: Vec<Handle> = seeds.iter().filter_map(|&j| self.handle(j)).collect();
+            let dir = config.data_dir.clone();
+            let node = Node::start(config)
+                .await
+                .with_context(|| format!("cannot start node {i}"))?;
+            let addr = node
+                .listen_addrs
+                .first()
+                .cloned()
+                .context("node has no listen address")?;
+            let handle = node.handle.clone();
+            self.slots.push(Slot {
+                peer: node.peer_id,
+                dir,
+                addr,
+                node: Some(node),
+                gone: false,
+            });
+            // The nodes it can reach, those still joining and itself included.
+            let network = self.reachable_from(i).len() + 1;
+            joining.push_back((i, joined(handle, seed_handles, network).boxed()));
+        }
+        for (k, join) in joining {
+            join.await
+                .with_context(|| format!("node {k} did not join"))?;
         }
         Ok((first..end).collect())
     }
@@ -211,6 +235,7 @@ impl Network {
         c.clock = self.clock;
         c.max_connections = self.config.max_connections;
         c.idle_timeout = self.config.idle_timeout;
+        c.dht_refresh = self.config.dht_refresh;
         c.pinner = self.config.pinner.clone();
         c
     }
@@ -314,8 +339,9 @@ impl Network {
             .await
             .context("cannot start the client")?;
         let handle = node.handle.clone();
-        wait_until(&handle, "knows a peer", async || {
-            Ok(handle.status().await?.routing_table > 0)
+        wait_until(&handle, "knows a peer", || {
+            let h = handle.clone();
+            async move { Ok(h.status().await?.routing_table > 0) }
         })
         .await?;
         self.client = Some(node);
@@ -394,7 +420,7 @@ impl Network {
         self.slots[i].node = Some(node);
         self.apply_partition(i).await?;
         let seeds: Vec<Handle> = seeds.iter().filter_map(|&j| self.handle(j)).collect();
-        joined(&handle, &seeds, self.reachable_from(i).len() + 1).await
+        joined(handle, seeds, self.reachable_from(i).len() + 1).await
     }
 
     /// Node `i` leaves for good: stopped (if up) and its data directory deleted.
@@ -578,8 +604,9 @@ impl Network {
     pub async fn announced(&self) -> Result<()> {
         for i in self.up() {
             let Some(h) = self.handle(i) else { continue };
-            wait_until(&h, "done announcing", async || {
-                Ok(h.status().await?.announcing == 0)
+            wait_until(&h, "done announcing", || {
+                let h = h.clone();
+                async move { Ok(h.status().await?.announcing == 0) }
             })
             .await?;
         }
@@ -617,24 +644,27 @@ const K: usize = 20;
 /// seeds and, in a network of more than [`K`] nodes, to `K` peers (its
 /// self-lookup reached its neighbours); in a smaller one, where no bucket
 /// is ever full, its seeds route to it. From then on others can find it.
-async fn joined(node: &Handle, seeds: &[Handle], network: usize) -> Result<()> {
+async fn joined(node: Handle, seeds: Vec<Handle>, network: usize) -> Result<()> {
     let me = node.peer_id();
     for seed in seeds {
         let peer = seed.peer_id();
-        wait_until(node, "routing to its seeds", async || {
-            Ok(node.routes_to(peer).await?)
+        wait_until(&node, "routing to its seeds", || {
+            let node = node.clone();
+            async move { Ok(node.routes_to(peer).await?) }
         })
         .await?;
         if network <= K {
-            wait_until(node, "known to its seeds", async || {
-                Ok(seed.routes_to(me).await?)
+            wait_until(&node, "known to its seeds", || {
+                let seed = seed.clone();
+                async move { Ok(seed.routes_to(me).await?) }
             })
             .await?;
         }
     }
     if network > K {
-        wait_until(node, "routing to its neighbours", async || {
-            Ok(node.status().await?.routing_table >= K)
+        wait_until(&node, "routing to its neighbours", || {
+            let node = node.clone();
+            async move { Ok(node.status().await?.routing_table >= K) }
         })
         .await?;
     }
@@ -643,11 +673,10 @@ async fn joined(node: &Handle, seeds: &[Handle], network: usize) -> Result<()> {
 
 /// Polls `cond` until it holds, for 60 s at most. The routing table has no
 /// event stream to wait on; a join takes a few identify round trips.
-async fn wait_until(
-    node: &Handle,
-    what: &str,
-    mut cond: impl AsyncFnMut() -> Result<bool>,
-) -> Result<()> {
+async fn wait_until<F>(node: &Handle, what: &str, mut cond: impl FnMut() -> F) -> Result<()>
+where
+    F: Future<Output = Result<bool>>,
+{
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while !cond().await? {
         if tokio::time::Instant::now() >= deadline {

@@ -24,6 +24,8 @@ pub struct Options {
     pub lookups: usize,
     pub noise: bool,
     pub join_concurrency: usize,
+    pub idle_timeout: std::time::Duration,
+    pub dht_refresh: Option<std::time::Duration>,
     pub seed: u64,
 }
 
@@ -35,6 +37,11 @@ pub struct Outcome {
     pub startup_s: f64,
     /// Peak memory once the network is up, before the workload.
     pub startup_rss_mib: f64,
+    /// CPU seconds spent bringing the network up.
+    pub startup_cpu_s: f64,
+    /// CPU the network burns with nothing to do once up: CPU seconds per
+    /// real second over [`IDLE_WINDOW`] (1.0 = one core busy).
+    pub idle_cores: f64,
     /// Mean peers each node is connected to once up.
     pub connections_per_node: f64,
     /// Mean entries in each node's routing table once up.
@@ -46,6 +53,7 @@ pub struct Outcome {
     /// Lookups that named at least one provider.
     pub lookups_found: usize,
     pub lookups_s: f64,
+    pub lookups_cpu_s: f64,
     pub wall_s: f64,
     /// User plus system CPU time of the whole process.
     pub cpu_s: f64,
@@ -55,6 +63,9 @@ pub struct Outcome {
 /// Lookups in flight at once.
 const LOOKUPS_IN_FLIGHT: usize = 32;
 
+/// How long the idle network's CPU use is measured.
+const IDLE_WINDOW: std::time::Duration = std::time::Duration::from_secs(20);
+
 pub async fn scale(o: &Options) -> Result<Outcome> {
     let started = Instant::now();
     let mut net = Network::start(Config {
@@ -63,6 +74,8 @@ pub async fn scale(o: &Options) -> Result<Outcome> {
         noise: o.noise,
         seed: o.seed,
         join_concurrency: o.join_concurrency,
+        idle_timeout: o.idle_timeout,
+        dht_refresh: o.dht_refresh,
         ..Config::default()
     })
     .await?;
@@ -73,8 +86,10 @@ pub async fn scale(o: &Options) -> Result<Outcome> {
         connected += s.connected_peers;
         routing += s.routing_table;
     }
-    let (_, startup_rss_mib) = process_usage()?;
+    let (startup_cpu_s, startup_rss_mib) = process_usage()?;
     tracing::info!(nodes = o.nodes, secs = startup.as_secs_f64(), "network up");
+    tokio::time::sleep(IDLE_WINDOW).await;
+    let idle_cores = (process_usage()?.0 - startup_cpu_s) / IDLE_WINDOW.as_secs_f64();
 
     let t = Instant::now();
     let mut pieces: Vec<Cid> = Vec::new();
@@ -94,6 +109,7 @@ pub async fn scale(o: &Options) -> Result<Outcome> {
     net.announced().await?;
 
     let t = Instant::now();
+    let cpu_before = process_usage()?.0;
     let mut asks = Vec::with_capacity(o.lookups);
     for _ in 0..o.lookups {
         let (Some(node), false) = (net.random_up(), pieces.is_empty()) else {
@@ -112,6 +128,7 @@ pub async fn scale(o: &Options) -> Result<Outcome> {
         .count()
         .await;
     let lookups_s = t.elapsed();
+    let lookups_cpu_s = process_usage()?.0 - cpu_before;
     net.shutdown().await;
     let (cpu_s, peak_rss_mib) = process_usage()?;
     Ok(Outcome {
@@ -119,6 +136,8 @@ pub async fn scale(o: &Options) -> Result<Outcome> {
         noise: o.noise,
         startup_s: startup.as_secs_f64(),
         startup_rss_mib,
+        startup_cpu_s,
+        idle_cores,
         connections_per_node: connected as f64 / o.nodes as f64,
         routing_per_node: routing as f64 / o.nodes as f64,
         adds: o.adds,
@@ -127,6 +146,7 @@ pub async fn scale(o: &Options) -> Result<Outcome> {
         lookups: o.lookups,
         lookups_found: found,
         lookups_s: lookups_s.as_secs_f64(),
+        lookups_cpu_s,
         wall_s: started.elapsed().as_secs_f64(),
         cpu_s,
         peak_rss_mib,

@@ -45,12 +45,19 @@ pub struct Behaviour {
     pub audit: AuditProtocol,
 }
 
+/// How often a peer refreshes its routing table (a lookup of itself and one
+/// in each bucket beyond its closest): libp2p's default.
+pub const DHT_REFRESH: Duration = Duration::from_secs(300);
+
 /// Kademlia as every Cairn peer runs it. Provider records are republished by
 /// the node's announcer from its piece index, not by kad's own timer.
-pub fn kad_config() -> kad::Config {
+/// `refresh`: the routing table's periodic refresh; with `None`, kad still
+/// refreshes whenever the table holds fewer than 20 peers.
+pub fn kad_config(refresh: Option<Duration>) -> kad::Config {
     let mut c = kad::Config::new(KAD_PROTOCOL);
     c.set_provider_publication_interval(None);
     c.set_query_timeout(Duration::from_secs(30));
+    c.set_periodic_bootstrap_interval(refresh);
     c
 }
 
@@ -80,6 +87,7 @@ impl Behaviour {
         providers: ProviderStore,
         max_connections: u32,
         serve: bool,
+        dht_refresh: Option<Duration>,
     ) -> Self {
         let peer = key.public().to_peer_id();
         let support = if serve {
@@ -104,7 +112,7 @@ impl Behaviour {
                     .then(|| autonat::Behaviour::new(peer, autonat::Config::default())),
             ),
             relay: Toggle::from(relay),
-            kad: kad::Behaviour::with_config(peer, providers, kad_config()),
+            kad: kad::Behaviour::with_config(peer, providers, kad_config(dht_refresh)),
             store: request_response::Behaviour::new(
                 [(StreamProtocol::new(STORE_PROTOCOL), support.clone())],
                 rr(60, 32),
