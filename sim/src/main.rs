@@ -115,9 +115,10 @@ impl Knobs {
     }
 }
 
-/// Thousands of nodes allocate and free small buffers from two threads at
-/// once; mimalloc does that with less CPU and less memory than glibc's
-/// malloc (docs/BENCHMARKS.md, simulator scale).
+/// Thousands of nodes allocate and free small buffers from both worker
+/// threads at once; mimalloc does that with a third less CPU than glibc's
+/// malloc, for about a third more memory (docs/BENCHMARKS.md, simulator
+/// scale).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
