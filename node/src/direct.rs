@@ -12,6 +12,8 @@ use std::io::{self, Read as _, Write};
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
+use bytes::Bytes;
+
 /// Direct IO moves whole blocks, between memory aligned to them and the
 /// disk; 4096 covers the block sizes of common disks and file systems.
 const ALIGN: usize = 4096;
@@ -56,7 +58,7 @@ pub fn write_file(path: &Path, data: &[u8]) -> io::Result<()> {
 
 /// Reads `path`, at most `max + 1` bytes (so that a file longer than `max`
 /// shows as such, without reading more).
-pub fn read_file(path: &Path, max: u64) -> io::Result<Vec<u8>> {
+pub fn read_file(path: &Path, max: u64) -> io::Result<Bytes> {
     match read_direct(path, max) {
         Err(e) if is_unsupported(&e) => {}
         other => return other,
@@ -64,10 +66,11 @@ pub fn read_file(path: &Path, max: u64) -> io::Result<Vec<u8>> {
     let f = open(path, false, false)?;
     let mut data = Vec::new();
     f.take(max.saturating_add(1)).read_to_end(&mut data)?;
-    Ok(data)
+    Ok(data.into())
 }
 
-fn read_direct(path: &Path, max: u64) -> io::Result<Vec<u8>> {
+/// The bytes read are a slice of the aligned buffer, not a copy.
+fn read_direct(path: &Path, max: u64) -> io::Result<Bytes> {
     let mut f = open(path, false, true)?;
     let want = usize::try_from(f.metadata()?.len().min(max.saturating_add(1)))
         .map_err(io::Error::other)?;
@@ -83,9 +86,7 @@ fn read_direct(path: &Path, max: u64) -> io::Result<Vec<u8>> {
             Err(e) => return Err(e),
         }
     }
-    buf.truncate(start + got.min(want));
-    buf.drain(..start);
-    Ok(buf)
+    Ok(Bytes::from(buf).slice(start..start + got.min(want)))
 }
 
 /// A file written front to back in aligned chunks; [`Writer::finish`]

@@ -1378,9 +1378,11 @@ impl EventLoop {
                     let mut resp = serve_fetch(store, peer, request);
                     if let (Some(Fault::Garbage), FetchResponse::PieceV1 { data }) =
                         (fault, &mut resp)
-                        && let Some(b) = data.first_mut()
+                        && !data.is_empty()
                     {
-                        *b ^= 0xff;
+                        let mut bad = data.to_vec();
+                        bad[0] ^= 0xff;
+                        *data = bad.into();
                     }
                     Done::Fetch(channel, resp)
                 }),
@@ -1529,7 +1531,7 @@ fn serve_fetch(store: &Store, peer: PeerId, request: FetchRequest) -> FetchRespo
     let result = match request {
         FetchRequest::PieceV1 { piece } => store
             .read(&piece)
-            .map(|d| d.map(|data| FetchResponse::PieceV1 { data: data.into() })),
+            .map(|d| d.map(|data| FetchResponse::PieceV1 { data })),
         FetchRequest::RangeV1 { piece, offset, len } => {
             store.read_range(&piece, offset, len).map(|r| {
                 r.map(|(size, encoded)| FetchResponse::RangeV1 {
@@ -1539,9 +1541,11 @@ fn serve_fetch(store: &Store, peer: PeerId, request: FetchRequest) -> FetchRespo
             })
         }
         FetchRequest::ManifestV1 { root } => match store.manifest_for(&root) {
-            Ok(Some(manifest)) => store
-                .read(&manifest)
-                .map(|d| d.map(|data| FetchResponse::ManifestV1 { data: data.into() })),
+            Ok(Some(manifest)) => store.read(&manifest).map(|d| {
+                d.map(|data| FetchResponse::ManifestV1 {
+                    data: data.to_vec().into(),
+                })
+            }),
             Ok(None) => Ok(None),
             Err(e) => Err(e),
         },

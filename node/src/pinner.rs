@@ -957,7 +957,7 @@ async fn fetch_piece(
         match net.fetch(holder, FetchRequest::PieceV1 { piece }).await? {
             FetchResponse::PieceV1 { data } => {
                 block::verify(&piece, &data).context("holder sent bytes that do not match")?;
-                Ok(data.into_vec())
+                Ok(Vec::from(data))
             }
             other => bail!("{holder} answered {other:?}"),
         }

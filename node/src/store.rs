@@ -28,6 +28,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use bytes::Bytes;
 use cairn_protocol::block;
 use cairn_protocol::manifest::{MAX_PIECE_SIZE, Manifest};
 use cairn_protocol::proof::{self, AuditProof};
@@ -711,7 +712,7 @@ impl Store {
     /// The whole piece, verified against its CID. A piece that fails is
     /// removed and reported as [`Error::Rotted`]; one not held (or still
     /// being written) is `None`.
-    pub fn read(&self, piece: &Cid) -> Result<Option<Vec<u8>>, Error> {
+    pub fn read(&self, piece: &Cid) -> Result<Option<Bytes>, Error> {
         if self.lock().reservations.contains_key(piece) {
             return Ok(None);
         }
@@ -724,7 +725,7 @@ impl Store {
             Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
                 return Err(io_err("read", &path)(e));
             }
-            Err(_) => Vec::new(),
+            Err(_) => Bytes::new(),
         };
         if data.len() as u64 != entry.size || block::verify(piece, &data).is_err() {
             tracing::warn!(%piece, path = %path.display(), "piece damaged on disk; removing it");
@@ -927,7 +928,7 @@ fn write_synced(path: &Path, data: &[u8]) -> Result<(), Error> {
 }
 
 /// Reads a file of at most `max` bytes (a longer file reads as damaged).
-fn read_limited(path: &Path, max: u64) -> io::Result<Vec<u8>> {
+fn read_limited(path: &Path, max: u64) -> io::Result<Bytes> {
     direct::read_file(path, max.min(MAX_PIECE_SIZE))
 }
 
@@ -1014,7 +1015,7 @@ mod tests {
         assert_eq!(store.manifest_for(&root).expect("index"), Some(cid));
         assert!(store.holds(&root).expect("index"));
         assert_eq!(store.announce_keys(&cid), vec![cid, root]);
-        assert_eq!(store.read(&cid).expect("read"), Some(bytes));
+        assert_eq!(store.read(&cid).expect("read"), Some(bytes.into()));
         store.remove(&[cid]).expect("remove");
         assert_eq!(store.manifest_for(&root).expect("index"), None);
         assert!(!store.holds(&root).expect("index"));
@@ -1030,11 +1031,11 @@ mod tests {
             let receipt = put(&store, &data);
             receipt.verify(&piece, None).expect("valid receipt");
             assert_eq!(store.used(), 10_000);
-            assert_eq!(store.read(&piece).expect("read"), Some(data.clone()));
+            assert_eq!(store.read(&piece).expect("read"), Some(data.clone().into()));
         }
         let store = open(dir.path(), 1 << 20);
         assert_eq!((store.used(), store.count()), (10_000, 1));
-        assert_eq!(store.read(&piece).expect("read"), Some(data));
+        assert_eq!(store.read(&piece).expect("read"), Some(data.into()));
         assert_eq!(store.pieces_after(None, 10).expect("list"), vec![piece]);
     }
 
@@ -1235,11 +1236,11 @@ mod tests {
         );
         assert_eq!(
             store.read(&block::piece_cid(&kept)).expect("read"),
-            Some(kept)
+            Some(kept.into())
         );
         assert_eq!(
             store.read(&block::piece_cid(&gone)).expect("read"),
-            Some(gone)
+            Some(gone.into())
         );
         let report = store.check().expect("check");
         assert_eq!(

@@ -308,7 +308,7 @@ mod tests {
     /// Serves blocks from the segments a manifest describes.
     struct FromSegments<'a>(&'a Manifest, Vec<Vec<u8>>);
     impl BlockSource for FromSegments<'_> {
-        fn get(&mut self, cid: &Cid) -> io::Result<Vec<u8>> {
+        fn get(&mut self, cid: &Cid) -> io::Result<bytes::Bytes> {
             let at = self
                 .0
                 .locate()
@@ -316,7 +316,7 @@ mod tests {
                 .cloned()
                 .ok_or(io::ErrorKind::NotFound)?;
             let stream: Vec<u8> = self.1.concat();
-            Ok(stream[at.start as usize..at.end as usize].to_vec())
+            Ok(stream[at.start as usize..at.end as usize].to_vec().into())
         }
     }
 

@@ -47,6 +47,12 @@ pub trait Message: Serialize + DeserializeOwned {
     fn parts(&self) -> Option<Result<Parts, WireError>> {
         None
     }
+
+    /// Decodes a body received whole, as [`decode`]; a message's bulk data
+    /// held as [`Bytes`] is a slice of `body`, not a copy.
+    fn decode_shared(body: Bytes) -> Result<Self, WireError> {
+        decode(&body)
+    }
 }
 
 /// A message's encoding as `head ‖ payload ‖ tail`, the payload (a byte
@@ -94,6 +100,17 @@ impl Parts {
             });
         }
         Ok(parts)
+    }
+}
+
+/// `part`, borrowed from `body` by decoding it, as a slice of `body`; a
+/// copy should a decoder ever hand out bytes from elsewhere.
+fn share(body: &Bytes, part: &[u8]) -> Bytes {
+    let offset = (part.as_ptr() as usize).wrapping_sub(body.as_ptr() as usize);
+    if offset <= body.len() && part.len() <= body.len() - offset {
+        body.slice(offset..offset + part.len())
+    } else {
+        Bytes::copy_from_slice(part)
     }
 }
 
@@ -217,6 +234,29 @@ impl Message for StoreRequest {
         };
         Some(Parts::split(with, t.data.clone()))
     }
+
+    fn decode_shared(body: Bytes) -> Result<Self, WireError> {
+        /// A transfer as decoded, its data borrowed from the body.
+        #[derive(Deserialize)]
+        enum Bulk<'a> {
+            TransferV1 {
+                piece: Cid,
+                #[serde(with = "serde_bytes")]
+                nonce: [u8; 16],
+                data: &'a [u8],
+            },
+        }
+        check_size::<Self>(body.len())?;
+        match serde_ipld_dagcbor::from_slice(&body) {
+            Ok(Bulk::TransferV1 { piece, nonce, data }) => Ok(StoreRequest::TransferV1(Transfer {
+                piece,
+                nonce,
+                data: share(&body, data),
+            })),
+            // Not a transfer: decoded whole.
+            Err(_) => decode(&body),
+        }
+    }
 }
 impl Message for StoreResponse {
     const MAX_SIZE: usize = ENVELOPE;
@@ -244,7 +284,7 @@ pub enum FetchRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FetchResponse {
     PieceV1 {
-        data: ByteBuf,
+        data: Bytes,
     },
     /// The range as [`crate::proof::encode_range`] encodes it, and the piece's size.
     RangeV1 {
@@ -274,9 +314,35 @@ impl Message for FetchResponse {
 
     fn payload_len(&self) -> usize {
         match self {
-            FetchResponse::PieceV1 { data } | FetchResponse::ManifestV1 { data } => data.len(),
+            FetchResponse::PieceV1 { data } => data.len(),
+            FetchResponse::ManifestV1 { data } => data.len(),
             FetchResponse::RangeV1 { encoded, .. } => encoded.len(),
             FetchResponse::NotFoundV1 | FetchResponse::FailedV1 { .. } => 0,
+        }
+    }
+
+    fn parts(&self) -> Option<Result<Parts, WireError>> {
+        let FetchResponse::PieceV1 { data } = self else {
+            return None;
+        };
+        Some(Parts::split(
+            |data| FetchResponse::PieceV1 { data },
+            data.clone(),
+        ))
+    }
+
+    fn decode_shared(body: Bytes) -> Result<Self, WireError> {
+        /// A piece as decoded, borrowed from the body.
+        #[derive(Deserialize)]
+        enum Bulk<'a> {
+            PieceV1 { data: &'a [u8] },
+        }
+        check_size::<Self>(body.len())?;
+        match serde_ipld_dagcbor::from_slice(&body) {
+            Ok(Bulk::PieceV1 { data }) => Ok(FetchResponse::PieceV1 {
+                data: share(&body, data),
+            }),
+            Err(_) => decode(&body),
         }
     }
 }
@@ -335,14 +401,19 @@ pub fn encode<M: Message>(msg: &M) -> Result<Vec<u8>, WireError> {
     Ok(body)
 }
 
-/// Decodes a message body from untrusted bytes.
-pub fn decode<M: Message>(body: &[u8]) -> Result<M, WireError> {
-    if body.len() > M::MAX_SIZE {
+fn check_size<M: Message>(len: usize) -> Result<(), WireError> {
+    if len > M::MAX_SIZE {
         return Err(WireError::TooLarge {
-            len: body.len(),
+            len,
             max: M::MAX_SIZE,
         });
     }
+    Ok(())
+}
+
+/// Decodes a message body from untrusted bytes.
+pub fn decode<M: Message>(body: &[u8]) -> Result<M, WireError> {
+    check_size::<M>(body.len())?;
     serde_ipld_dagcbor::from_slice(body).map_err(|e| WireError::Decode(e.to_string()))
 }
 
@@ -392,6 +463,8 @@ mod tests {
         let mut buf = Vec::new();
         write_message(&mut buf, &msg).expect("encodes");
         assert_eq!(read_message::<M>(&mut &buf[..]).expect("decodes"), msg);
+        let body = Bytes::from(encode(&msg).expect("encodes"));
+        assert_eq!(M::decode_shared(body).expect("decodes shared"), msg);
         // Every strict prefix is an error, not a panic or a different message.
         for cut in 0..buf.len() {
             assert!(
@@ -454,7 +527,7 @@ mod tests {
         });
         round_trip(FetchRequest::ManifestV1 { root: piece });
         round_trip(FetchResponse::PieceV1 {
-            data: ByteBuf::from(vec![1, 2]),
+            data: Bytes::from(vec![1, 2]),
         });
         round_trip(FetchResponse::RangeV1 {
             size: 3,
@@ -477,6 +550,44 @@ mod tests {
         round_trip(AuditResponse::NotFoundV1);
     }
 
+    #[test]
+    fn bulk_data_decodes_as_a_slice_of_the_body() {
+        let data = Bytes::from(vec![6u8; 100_000]);
+        let transfer = StoreRequest::TransferV1(Transfer {
+            piece: piece_cid(&data),
+            nonce: [2; 16],
+            data: data.clone(),
+        });
+        let body = Bytes::from(encode(&transfer).expect("encodes"));
+        let range = body.as_ptr_range();
+        match StoreRequest::decode_shared(body.clone()).expect("decodes") {
+            StoreRequest::TransferV1(t) => {
+                assert_eq!(t.data, data);
+                assert!(range.contains(&t.data.as_ptr()), "data was copied");
+            }
+            other => panic!("decoded as {other:?}"),
+        }
+        let piece = FetchResponse::PieceV1 { data: data.clone() };
+        let parts = piece.parts().expect("a piece has parts").expect("encodes");
+        let joined = [&parts.head[..], &parts.payload, &parts.tail].concat();
+        assert_eq!(joined, encode(&piece).expect("encodes"));
+        let body = Bytes::from(joined);
+        let range = body.as_ptr_range();
+        match FetchResponse::decode_shared(body).expect("decodes") {
+            FetchResponse::PieceV1 { data: got } => {
+                assert_eq!(got, data);
+                assert!(range.contains(&got.as_ptr()), "data was copied");
+            }
+            other => panic!("decoded as {other:?}"),
+        }
+        // Over the limit: refused before decoding, shared or not.
+        let big = Bytes::from(vec![0; FetchResponse::MAX_SIZE + 1]);
+        assert!(matches!(
+            FetchResponse::decode_shared(big),
+            Err(WireError::TooLarge { .. })
+        ));
+    }
+
     proptest::proptest! {
         // Every field value survives the codec, in each protocol.
         #[test]
@@ -494,7 +605,9 @@ mod tests {
                 StoreRequest::RenewV1(terms.clone()),
                 StoreRequest::TransferV1(Transfer { piece, nonce, data: Bytes::from(data.clone()) }),
             ] {
-                proptest::prop_assert_eq!(decode::<StoreRequest>(&encode(&msg).expect("fits")).expect("decodes"), msg);
+                let body = encode(&msg).expect("fits");
+                proptest::prop_assert_eq!(&decode::<StoreRequest>(&body).expect("decodes"), &msg);
+                proptest::prop_assert_eq!(StoreRequest::decode_shared(body.into()).expect("decodes"), msg);
             }
             for msg in [
                 StoreResponse::AcceptedV1 { reserved_until: expires_at },
@@ -506,10 +619,13 @@ mod tests {
             let msg = FetchRequest::RangeV1 { piece, offset, len };
             proptest::prop_assert_eq!(decode::<FetchRequest>(&encode(&msg).expect("fits")).expect("decodes"), msg);
             for msg in [
+                FetchResponse::PieceV1 { data: Bytes::from(data.clone()) },
                 FetchResponse::RangeV1 { size, encoded: decoded(data.clone()) },
                 FetchResponse::FailedV1 { reason: reason.clone() },
             ] {
-                proptest::prop_assert_eq!(decode::<FetchResponse>(&encode(&msg).expect("fits")).expect("decodes"), msg);
+                let body = encode(&msg).expect("fits");
+                proptest::prop_assert_eq!(&decode::<FetchResponse>(&body).expect("decodes"), &msg);
+                proptest::prop_assert_eq!(FetchResponse::decode_shared(body.into()).expect("decodes"), msg);
             }
             let msg = AuditRequest::ChallengeV1 { piece, nonce: challenge };
             proptest::prop_assert_eq!(decode::<AuditRequest>(&encode(&msg).expect("fits")).expect("decodes"), msg);

@@ -102,7 +102,7 @@ async fn fetch(node: &Handle, piece: Cid) -> Result<Vec<u8>> {
         .find(|p| *p != me)
         .context("no holder found")?;
     match node.fetch(holder, FetchRequest::PieceV1 { piece }).await? {
-        FetchResponse::PieceV1 { data } => Ok(data.into_vec()),
+        FetchResponse::PieceV1 { data } => Ok(Vec::from(data)),
         other => bail!("{holder} answered {other:?}"),
     }
 }

@@ -92,10 +92,7 @@ async fn kill9_during_uploads_loses_no_receipted_piece() -> Result<()> {
             .await?
         {
             FetchResponse::PieceV1 { data: got } => {
-                ensure!(
-                    got.as_slice() == data.as_slice(),
-                    "piece {piece} served damaged"
-                );
+                ensure!(got[..] == data[..], "piece {piece} served damaged");
                 served += 1;
                 served_bytes += got.len() as u64;
             }

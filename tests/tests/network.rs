@@ -107,7 +107,7 @@ async fn six_nodes_store_announce_serve_and_refuse() -> Result<()> {
     {
         FetchResponse::PieceV1 { data: got } => {
             block::verify(&piece, &got)?;
-            ensure!(got.as_slice() == data.as_slice());
+            ensure!(got[..] == data[..]);
         }
         other => anyhow::bail!("fetch failed: {other:?}"),
     }
@@ -241,7 +241,7 @@ async fn six_nodes_store_announce_serve_and_refuse() -> Result<()> {
         )
         .await?
     {
-        FetchResponse::PieceV1 { data } => ensure!(data.as_slice() == kept.as_slice()),
+        FetchResponse::PieceV1 { data } => ensure!(data[..] == kept[..]),
         other => anyhow::bail!("fetch after restart failed: {other:?}"),
     }
     alice.stop().await;

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
+use bytes::Bytes;
 use cairn_protocol::block::{self, DAG_PB, RAW};
 use cairn_protocol::erasure;
 use cairn_protocol::manifest::Manifest;
@@ -249,6 +250,53 @@ fn write_file(path: &Path, write: impl FnOnce(&mut direct::Writer) -> Result<()>
     }
 }
 
+/// A segment as fetched: its `k` data pieces, whose concatenation cut to
+/// `len` bytes is the segment. Kept in pieces, not joined: a block within
+/// one piece is read out of it without a copy.
+struct Segment {
+    pieces: Vec<Bytes>,
+    piece_len: u64,
+    len: u64,
+}
+
+impl Segment {
+    fn new(pieces: Vec<Bytes>, piece_len: u64, len: u64) -> Result<Segment> {
+        if pieces.iter().any(|p| p.len() as u64 != piece_len)
+            || (pieces.len() as u64).saturating_mul(piece_len) < len
+        {
+            bail!("its pieces do not hold its {len} bytes");
+        }
+        Ok(Segment {
+            pieces,
+            piece_len,
+            len,
+        })
+    }
+
+    /// Bytes `range` of the segment (clipped to it): a slice of a piece
+    /// when the range lies in one, else a copy.
+    fn slice(&self, range: Range<u64>) -> Bytes {
+        let (start, end) = (range.start.min(self.len), range.end.min(self.len));
+        if start >= end {
+            return Bytes::new();
+        }
+        let (first, last) = (start / self.piece_len, (end - 1) / self.piece_len);
+        let within = |i: u64, at: u64| (at - i * self.piece_len) as usize;
+        if first == last {
+            let i = first as usize;
+            return self.pieces[i]
+                .slice(within(first, start)..within(first, start) + (end - start) as usize);
+        }
+        let mut out = Vec::with_capacity((end - start) as usize);
+        for i in first..=last {
+            let from = start.max(i * self.piece_len);
+            let to = end.min((i + 1) * self.piece_len);
+            out.extend_from_slice(&self.pieces[i as usize][within(i, from)..within(i, to)]);
+        }
+        out.into()
+    }
+}
+
 /// Blocks out of the network for the UnixFS reader: a block's place in the
 /// stream names its segments; segments are fetched ahead along the plan.
 struct NetSource<'a> {
@@ -258,15 +306,15 @@ struct NetSource<'a> {
     /// The dag-pb blocks and their stream ranges, in stream order.
     inner_at: Vec<(Cid, Range<u64>)>,
     plan: Vec<u64>,
-    in_flight: HashMap<u64, JoinHandle<Result<Arc<Vec<u8>>>>>,
+    in_flight: HashMap<u64, JoinHandle<Result<Arc<Segment>>>>,
     /// Recently read segments, newest last.
-    cache: VecDeque<(u64, Arc<Vec<u8>>)>,
-    inner: HashMap<Cid, Vec<u8>>,
+    cache: VecDeque<(u64, Arc<Segment>)>,
+    inner: HashMap<Cid, Bytes>,
     inner_bytes: usize,
 }
 
 impl NetSource<'_> {
-    fn segment(&mut self, index: u64) -> io::Result<Arc<Vec<u8>>> {
+    fn segment(&mut self, index: u64) -> io::Result<Arc<Segment>> {
         if let Some(at) = self.cache.iter().position(|(i, _)| *i == index) {
             let hit = self.cache.remove(at).expect("present");
             self.cache.push_back(hit.clone());
@@ -308,10 +356,10 @@ impl NetSource<'_> {
 
     /// Keeps the dag-pb blocks that lie wholly in a segment, within
     /// [`INNER_CACHED`] bytes.
-    fn keep_inner(&mut self, index: u64, segment: &[u8]) {
+    fn keep_inner(&mut self, index: u64, segment: &Segment) {
         let size = self.content.manifest.segment_size();
         let start = index * size;
-        let seg = start..start + segment.len() as u64;
+        let seg = start..start + segment.len;
         let first = self
             .inner_at
             .partition_point(|(_, at)| at.start < seg.start);
@@ -322,8 +370,9 @@ impl NetSource<'_> {
             if !self.inner.contains_key(cid)
                 && self.inner_bytes + (at.end - at.start) as usize <= INNER_CACHED
             {
+                // A copy: a slice would keep the whole piece alive.
                 let bytes =
-                    segment[(at.start - start) as usize..(at.end - start) as usize].to_vec();
+                    Bytes::copy_from_slice(&segment.slice(at.start - start..at.end - start));
                 self.inner_bytes += bytes.len();
                 self.inner.insert(*cid, bytes);
             }
@@ -332,7 +381,7 @@ impl NetSource<'_> {
 }
 
 impl BlockSource for NetSource<'_> {
-    fn get(&mut self, cid: &Cid) -> io::Result<Vec<u8>> {
+    fn get(&mut self, cid: &Cid) -> io::Result<Bytes> {
         if let Some(b) = self.inner.get(cid) {
             return Ok(b.clone());
         }
@@ -343,15 +392,17 @@ impl BlockSource for NetSource<'_> {
             ));
         };
         let size = self.content.manifest.segment_size();
-        let mut out = Vec::with_capacity((at.end - at.start) as usize);
+        let mut parts = Vec::new();
         for s in self.content.manifest.segments_for(at.clone()) {
-            let segment = self.segment(s)?;
             let base = s * size;
             let from = at.start.max(base) - base;
-            let to = at.end.min(base + segment.len() as u64) - base;
-            out.extend_from_slice(&segment[from as usize..to as usize]);
+            let to = at.end.min(base + size) - base;
+            parts.push(self.segment(s)?.slice(from..to));
         }
-        Ok(out)
+        Ok(match parts.len() {
+            1 => parts.swap_remove(0),
+            _ => parts.concat().into(),
+        })
     }
 }
 
@@ -364,7 +415,7 @@ async fn fetch_segment(
     index: u64,
     hedge_after: Duration,
     stats: Arc<Mutex<GetStats>>,
-) -> Result<Arc<Vec<u8>>> {
+) -> Result<Arc<Segment>> {
     let scheme = manifest.scheme;
     let k = scheme.k as usize;
     let cids = manifest.segments[index as usize].clone();
@@ -379,7 +430,7 @@ async fn fetch_segment(
     };
     let mut attempts = FuturesUnordered::new();
     let mut started: HashMap<usize, Instant> = HashMap::new();
-    let mut pieces: Vec<Option<Vec<u8>>> = vec![None; cids.len()];
+    let mut pieces: Vec<Option<Bytes>> = vec![None; cids.len()];
     let (mut have, mut next) = (0, 0);
     let mut failures = Vec::new();
     while next < k {
@@ -438,9 +489,15 @@ async fn fetch_segment(
     drop(attempts);
     let decoded = pieces[..k].iter().any(Option::is_none);
     let len = manifest.segment_len(index);
-    let segment = tokio::task::spawn_blocking(move || erasure::decode(scheme, pieces, len))
-        .await
-        .context("decode task failed")?
+    let data = if decoded {
+        tokio::task::spawn_blocking(move || decode(scheme, pieces))
+            .await
+            .context("decode task failed")?
+            .with_context(|| format!("cannot decode segment {index}"))?
+    } else {
+        pieces.into_iter().take(k).flatten().collect()
+    };
+    let segment = Segment::new(data, piece_len, len)
         .with_context(|| format!("cannot decode segment {index}"))?;
     let mut s = lock(&stats);
     s.segments.insert(index);
@@ -448,6 +505,19 @@ async fn fetch_segment(
     s.bytes += len;
     s.decoded += u64::from(decoded);
     Ok(Arc::new(segment))
+}
+
+/// The `k` data pieces of a segment from any `k` of its pieces.
+fn decode(scheme: erasure::Scheme, pieces: Vec<Option<Bytes>>) -> Result<Vec<Bytes>> {
+    let mut shards: Vec<Option<Vec<u8>>> = pieces.into_iter().map(|p| p.map(Vec::from)).collect();
+    erasure::reconstruct(scheme, &mut shards, false)?;
+    shards.truncate(scheme.k as usize);
+    let data: Vec<Bytes> = shards.into_iter().flatten().map(Bytes::from).collect();
+    anyhow::ensure!(
+        data.len() == scheme.k as usize,
+        "data pieces missing after decoding"
+    );
+    Ok(data)
 }
 
 /// One piece from any of its holders, checked against its CID.
@@ -458,7 +528,7 @@ async fn fetch_piece(
     i: usize,
     asking: &Mutex<HashMap<usize, PeerId>>,
     stats: &Mutex<GetStats>,
-) -> Result<Vec<u8>> {
+) -> Result<Bytes> {
     let holders = net.providers(cid).await.context("provider lookup failed")?;
     if holders.is_empty() {
         bail!("no node holds it");
@@ -470,7 +540,7 @@ async fn fetch_piece(
             Ok(FetchResponse::PieceV1 { data })
                 if data.len() as u64 == len && block::verify(&cid, &data).is_ok() =>
             {
-                return Ok(data.into_vec());
+                return Ok(data);
             }
             Ok(FetchResponse::PieceV1 { .. }) => {
                 tracing::warn!(%peer, piece = %cid, "holder sent bytes that do not match the piece CID; dropping it");

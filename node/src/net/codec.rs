@@ -38,7 +38,7 @@ async fn read<M: Message, T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result
     }
     let mut body = vec![0; len];
     io.read_exact(&mut body).await?;
-    wire::decode(&body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    M::decode_shared(body.into()).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
 async fn write<M: Message + Send, T: AsyncWrite + Unpin + Send>(

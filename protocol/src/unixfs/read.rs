@@ -7,6 +7,7 @@
 
 use std::io::{self, Write};
 
+use bytes::Bytes;
 use cid::Cid;
 use ipld_dagpb::PbNode;
 use prost::Message as _;
@@ -22,19 +23,19 @@ pub const MAX_DEPTH: usize = 32;
 pub trait BlockSource {
     /// The block's bytes; `io::ErrorKind::NotFound` when the source lacks it.
     /// The reader verifies what it gets, so a source need not.
-    fn get(&mut self, cid: &Cid) -> io::Result<Vec<u8>>;
+    fn get(&mut self, cid: &Cid) -> io::Result<Bytes>;
 }
 
 impl<S: BlockSource + ?Sized> BlockSource for &mut S {
-    fn get(&mut self, cid: &Cid) -> io::Result<Vec<u8>> {
+    fn get(&mut self, cid: &Cid) -> io::Result<Bytes> {
         (**self).get(cid)
     }
 }
 
 impl BlockSource for std::collections::HashMap<Cid, Vec<u8>> {
-    fn get(&mut self, cid: &Cid) -> io::Result<Vec<u8>> {
+    fn get(&mut self, cid: &Cid) -> io::Result<Bytes> {
         std::collections::HashMap::get(self, cid)
-            .cloned()
+            .map(|b| Bytes::copy_from_slice(b))
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no block {cid}")))
     }
 }
@@ -67,7 +68,7 @@ fn malformed(cid: &Cid, reason: impl Into<String>) -> ReadError {
     }
 }
 
-fn fetch(source: &mut impl BlockSource, cid: &Cid) -> Result<Vec<u8>, ReadError> {
+fn fetch(source: &mut impl BlockSource, cid: &Cid) -> Result<Bytes, ReadError> {
     let bytes = source
         .get(cid)
         .map_err(|source| ReadError::Source { cid: *cid, source })?;
@@ -87,8 +88,8 @@ struct Node {
     data: Data,
 }
 
-fn decode_node(cid: &Cid, bytes: Vec<u8>) -> Result<Node, ReadError> {
-    let node = PbNode::from_bytes(bytes.into()).map_err(|e| malformed(cid, e.to_string()))?;
+fn decode_node(cid: &Cid, bytes: Bytes) -> Result<Node, ReadError> {
+    let node = PbNode::from_bytes(bytes).map_err(|e| malformed(cid, e.to_string()))?;
     let raw = node.data.ok_or_else(|| malformed(cid, "no Data field"))?;
     let data = Data::decode(raw).map_err(|e| malformed(cid, e.to_string()))?;
     Ok(Node {
