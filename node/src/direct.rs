@@ -11,6 +11,8 @@ use std::fs::{self, File};
 use std::io::{self, Read as _, Write};
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::thread;
 
 use bytes::Bytes;
 
@@ -89,16 +91,124 @@ fn read_direct(path: &Path, max: u64) -> io::Result<Bytes> {
     Ok(Bytes::from(buf).slice(start..start + got.min(want)))
 }
 
-/// A file written front to back in aligned chunks; [`Writer::finish`]
-/// writes the rest, cuts the padding and syncs.
-pub struct Writer {
+/// A buffer of [`WRITER_CHUNK`] bytes aligned to [`ALIGN`].
+struct Chunk {
+    buf: Vec<u8>,
+    start: usize,
+}
+
+impl Chunk {
+    fn new() -> Chunk {
+        let (buf, start) = aligned(WRITER_CHUNK);
+        Chunk { buf, start }
+    }
+
+    /// A placeholder, never written to.
+    fn empty() -> Chunk {
+        Chunk {
+            buf: Vec::new(),
+            start: 0,
+        }
+    }
+
+    fn bytes(&mut self) -> &mut [u8] {
+        &mut self.buf[self.start..self.start + WRITER_CHUNK]
+    }
+}
+
+/// The file end of a [`Writer`].
+struct Out {
     path: PathBuf,
     file: File,
     direct: bool,
-    buf: Vec<u8>,
-    start: usize,
-    filled: usize,
     written: u64,
+}
+
+impl Out {
+    /// Writes the first `filled` bytes of `chunk`: whole blocks, padded
+    /// when `last`.
+    fn write(&mut self, chunk: &mut Chunk, filled: usize, last: bool) -> io::Result<()> {
+        let len = if self.direct && last {
+            round_up(filled)
+        } else {
+            filled
+        };
+        match self.file.write_all(&chunk.bytes()[..len]) {
+            // Some file systems take O_DIRECT at open and refuse the write.
+            Err(e) if self.direct && self.written == 0 && is_unsupported(&e) => {
+                self.file = open(&self.path, true, false)?;
+                self.direct = false;
+                self.file.write_all(&chunk.bytes()[..filled])?;
+            }
+            r => r?,
+        }
+        self.written += filled as u64;
+        Ok(())
+    }
+
+    /// Cuts the padding and syncs.
+    fn finish(&mut self) -> io::Result<()> {
+        if self.direct {
+            self.file.set_len(self.written)?;
+        }
+        self.file.sync_all()
+    }
+}
+
+/// Chunks written by a thread of their own, so that the disk's time
+/// overlaps with filling the next chunk. Two chunks in all: one filling,
+/// one being written.
+struct Behind {
+    full: mpsc::SyncSender<(Chunk, usize, bool)>,
+    free: mpsc::Receiver<Chunk>,
+    thread: thread::JoinHandle<io::Result<Out>>,
+    chunks: usize,
+}
+
+impl Behind {
+    fn start(mut out: Out) -> io::Result<Behind> {
+        let (full, to_write) = mpsc::sync_channel::<(Chunk, usize, bool)>(1);
+        let (written, free) = mpsc::channel();
+        let thread = thread::Builder::new()
+            .name("cairn-write".into())
+            .spawn(move || {
+                for (mut chunk, filled, last) in to_write {
+                    out.write(&mut chunk, filled, last)?;
+                    // The writer may be gone already: then no one needs it.
+                    let _ = written.send(chunk);
+                }
+                Ok(out)
+            })?;
+        Ok(Behind {
+            full,
+            free,
+            thread,
+            chunks: 1,
+        })
+    }
+
+    /// Waits for every chunk sent to be written.
+    fn stop(self) -> io::Result<Out> {
+        drop(self.full);
+        self.thread
+            .join()
+            .map_err(|_| io::Error::other("the writing thread panicked"))?
+    }
+}
+
+fn failed() -> io::Error {
+    io::Error::other("the file could not be written")
+}
+
+/// A file written front to back in aligned chunks; [`Writer::finish`]
+/// writes the rest, cuts the padding and syncs. A file of one chunk is
+/// written on the caller's thread; a longer one behind it.
+pub struct Writer {
+    /// Until a second chunk is needed.
+    out: Option<Out>,
+    behind: Option<Behind>,
+    chunk: Chunk,
+    filled: usize,
 }
 
 impl Writer {
@@ -109,59 +219,76 @@ impl Writer {
             Err(e) if is_unsupported(&e) => (open(path, true, false)?, false),
             Err(e) => return Err(e),
         };
-        let (buf, start) = aligned(WRITER_CHUNK);
-        Ok(Writer {
+        let out = Out {
             path: path.to_path_buf(),
             file,
             direct,
-            buf,
-            start,
-            filled: 0,
             written: 0,
+        };
+        Ok(Writer {
+            out: Some(out),
+            behind: None,
+            chunk: Chunk::new(),
+            filled: 0,
         })
     }
 
-    /// Writes the gathered bytes: whole blocks, padded when `last`.
-    fn write_out(&mut self, last: bool) -> io::Result<()> {
-        let len = if self.direct && last {
-            round_up(self.filled)
-        } else {
-            self.filled
+    /// Hands the full chunk to the writing thread and takes a free one.
+    fn write_out(&mut self) -> io::Result<()> {
+        let mut behind = match (self.behind.take(), self.out.take()) {
+            (Some(b), _) => b,
+            (None, Some(out)) => Behind::start(out)?,
+            (None, None) => return Err(failed()),
         };
-        let chunk = &self.buf[self.start..self.start + len];
-        match self.file.write_all(chunk) {
-            // Some file systems take O_DIRECT at open and refuse the write.
-            Err(e) if self.direct && self.written == 0 && is_unsupported(&e) => {
-                self.file = open(&self.path, true, false)?;
-                self.direct = false;
-                self.file
-                    .write_all(&self.buf[self.start..self.start + self.filled])?;
-            }
-            r => r?,
+        let full = std::mem::replace(&mut self.chunk, Chunk::empty());
+        if behind.full.send((full, self.filled, false)).is_err() {
+            // The thread stopped on an error, which it returns.
+            return Err(behind.stop().err().unwrap_or_else(failed));
         }
-        self.written += self.filled as u64;
+        self.chunk = if behind.chunks < 2 {
+            behind.chunks += 1;
+            Chunk::new()
+        } else {
+            match behind.free.recv() {
+                Ok(chunk) => chunk,
+                Err(_) => return Err(behind.stop().err().unwrap_or_else(failed)),
+            }
+        };
         self.filled = 0;
+        self.behind = Some(behind);
         Ok(())
     }
 
     pub fn finish(mut self) -> io::Result<()> {
-        self.write_out(true)?;
-        if self.direct {
-            self.file.set_len(self.written)?;
-        }
-        self.file.sync_all()
+        let chunk = std::mem::replace(&mut self.chunk, Chunk::empty());
+        let mut out = match (self.out.take(), self.behind.take()) {
+            (Some(mut out), _) => {
+                let mut chunk = chunk;
+                out.write(&mut chunk, self.filled, true)?;
+                out
+            }
+            (None, Some(behind)) => {
+                let sent = behind.full.send((chunk, self.filled, true)).is_ok();
+                let out = behind.stop()?;
+                if !sent {
+                    return Err(failed());
+                }
+                out
+            }
+            (None, None) => return Err(failed()),
+        };
+        out.finish()
     }
 }
 
 impl Write for Writer {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        let n = data.len().min(WRITER_CHUNK - self.filled);
-        let at = self.start + self.filled;
-        self.buf[at..at + n].copy_from_slice(&data[..n]);
-        self.filled += n;
         if self.filled == WRITER_CHUNK {
-            self.write_out(false)?;
+            self.write_out()?;
         }
+        let n = data.len().min(WRITER_CHUNK - self.filled);
+        self.chunk.bytes()[self.filled..self.filled + n].copy_from_slice(&data[..n]);
+        self.filled += n;
         Ok(n)
     }
 
@@ -178,7 +305,17 @@ mod tests {
     #[test]
     fn files_of_any_length_round_trip_and_reads_stop_past_max() {
         let dir = tempfile::tempdir().expect("tempdir");
-        for len in [0, 1, ALIGN - 1, ALIGN, ALIGN + 1, WRITER_CHUNK + 3] {
+        // Up to four chunks: written here, then behind, reusing the two.
+        for len in [
+            0,
+            1,
+            ALIGN - 1,
+            ALIGN,
+            ALIGN + 1,
+            WRITER_CHUNK,
+            WRITER_CHUNK + 3,
+            3 * WRITER_CHUNK + 5,
+        ] {
             let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
             let path = dir.path().join(format!("f{len}"));
             write_file(&path, &data).expect("write");

@@ -1,6 +1,6 @@
 //! `cairn get` and `cairn cat`: content out of the network.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::fs;
 use std::io::{self, Write};
 use std::ops::Range;
@@ -37,7 +37,7 @@ pub struct GetOptions {
 impl Default for GetOptions {
     fn default() -> Self {
         GetOptions {
-            segments_in_flight: 2,
+            segments_in_flight: 3,
             hedge_after: DEFAULT_HEDGE_AFTER,
         }
     }
@@ -520,7 +520,9 @@ fn decode(scheme: erasure::Scheme, pieces: Vec<Option<Bytes>>) -> Result<Vec<Byt
     Ok(data)
 }
 
-/// One piece from any of its holders, checked against its CID.
+/// One piece from any of its holders, checked against its CID. The holders
+/// come from a lookup that ends at the first answer (fewer requests,
+/// sooner); a full lookup finds the others should none of those serve it.
 async fn fetch_piece(
     net: &Handle,
     cid: Cid,
@@ -529,26 +531,38 @@ async fn fetch_piece(
     asking: &Mutex<HashMap<usize, PeerId>>,
     stats: &Mutex<GetStats>,
 ) -> Result<Bytes> {
-    let holders = net.providers(cid).await.context("provider lookup failed")?;
-    if holders.is_empty() {
-        bail!("no node holds it");
-    }
+    let mut tried = HashSet::new();
     let mut last = String::new();
-    for peer in holders {
-        lock(asking).insert(i, peer);
-        match net.fetch(peer, FetchRequest::PieceV1 { piece: cid }).await {
-            Ok(FetchResponse::PieceV1 { data })
-                if data.len() as u64 == len && block::verify(&cid, &data).is_ok() =>
-            {
-                return Ok(data);
+    for full in [false, true] {
+        let holders = if full {
+            net.providers(cid).await
+        } else {
+            net.first_providers(cid).await
+        }
+        .context("provider lookup failed")?;
+        // A quick lookup that found none ran its full course.
+        if holders.is_empty() && !full {
+            bail!("no node holds it");
+        }
+        for peer in holders {
+            if !tried.insert(peer) {
+                continue;
             }
-            Ok(FetchResponse::PieceV1 { .. }) => {
-                tracing::warn!(%peer, piece = %cid, "holder sent bytes that do not match the piece CID; dropping it");
-                lock(stats).dropped.insert(peer);
-                last = format!("{peer} sent bad bytes");
+            lock(asking).insert(i, peer);
+            match net.fetch(peer, FetchRequest::PieceV1 { piece: cid }).await {
+                Ok(FetchResponse::PieceV1 { data })
+                    if data.len() as u64 == len && block::verify(&cid, &data).is_ok() =>
+                {
+                    return Ok(data);
+                }
+                Ok(FetchResponse::PieceV1 { .. }) => {
+                    tracing::warn!(%peer, piece = %cid, "holder sent bytes that do not match the piece CID; dropping it");
+                    lock(stats).dropped.insert(peer);
+                    last = format!("{peer} sent bad bytes");
+                }
+                Ok(other) => last = format!("{peer} answered {other:?}"),
+                Err(e) => last = format!("{e}"),
             }
-            Ok(other) => last = format!("{peer} answered {other:?}"),
-            Err(e) => last = format!("{e}"),
         }
     }
     bail!("no holder served it (last: {last})")
