@@ -411,24 +411,23 @@ impl Handle {
 
     /// The peers the DHT names as providers of `key` (this node included if it holds it).
     pub async fn providers(&self, key: Cid) -> Result<HashSet<PeerId>, RequestError> {
-        self.call(|reply| Command::Providers {
-            key,
-            first: false,
-            reply,
-        })
-        .await?
+        self.lookup_providers(key, false).await
     }
 
     /// As [`Handle::providers`], but the lookup ends at the first answer
     /// that names any: sooner and a fraction of the requests, at the risk
     /// of missing other providers.
     pub async fn first_providers(&self, key: Cid) -> Result<HashSet<PeerId>, RequestError> {
-        self.call(|reply| Command::Providers {
-            key,
-            first: true,
-            reply,
-        })
-        .await?
+        self.lookup_providers(key, true).await
+    }
+
+    async fn lookup_providers(
+        &self,
+        key: Cid,
+        first: bool,
+    ) -> Result<HashSet<PeerId>, RequestError> {
+        self.call(|reply| Command::Providers { key, first, reply })
+            .await?
     }
 
     /// The DHT server peers closest to `key`, closest first; their
