@@ -11,7 +11,7 @@ use anyhow::Result;
 use cairn_node::add::{self, Options};
 use cairn_protocol::Cid;
 use cairn_protocol::car::{CarReader, CarWriter};
-use cairn_protocol::unixfs::{self, CHUNK_SIZE, MAX_LINKS, NullSink};
+use cairn_protocol::unixfs::{self, CHUNK_SIZE, IMPORT_BATCH, MAX_LINKS, NullSink};
 use cairn_tests::reference;
 use rand::{Rng, RngCore, SeedableRng};
 use sha2::Digest as _;
@@ -35,6 +35,10 @@ fn file_cids_match_the_reference_at_every_boundary() -> Result<()> {
         CHUNK_SIZE - 1,
         CHUNK_SIZE,
         CHUNK_SIZE + 1,
+        // The importer reads and hashes a batch of chunks at a time.
+        IMPORT_BATCH * CHUNK_SIZE,
+        IMPORT_BATCH * CHUNK_SIZE + 1,
+        2 * IMPORT_BATCH * CHUNK_SIZE - 1,
         MAX_LINKS * CHUNK_SIZE, // exactly 174 chunks: one node over all leaves
         MAX_LINKS * CHUNK_SIZE + 1, // a 175th chunk: a second level
         (MAX_LINKS + 1) * CHUNK_SIZE,

@@ -1,7 +1,8 @@
 //! Importing bytes and directories into UnixFS blocks.
 //!
-//! Memory is bounded by one chunk buffer plus at most [`MAX_LINKS`] pending
-//! links per tree level, whatever the content's size.
+//! Memory is bounded by one batch of chunks ([`IMPORT_BATCH`] × 256 KiB)
+//! plus at most [`MAX_LINKS`] pending links per tree level, whatever the
+//! content's size.
 
 use std::collections::BTreeMap;
 use std::io::{self, Read};
@@ -56,32 +57,71 @@ pub struct Entry {
     pub dag_size: u64,
 }
 
+/// Chunks read and hashed at once: their sha2 runs on all cores.
+pub const IMPORT_BATCH: usize = 16;
+
 /// Imports one file's bytes, writing its blocks to `sink`.
 pub fn import_file(mut reader: impl Read, sink: &mut impl BlockSink) -> io::Result<Entry> {
-    let mut buf = vec![0u8; CHUNK_SIZE];
+    let mut buf = vec![0u8; IMPORT_BATCH * CHUNK_SIZE];
     let mut tree = BalancedTree::default();
     loop {
         let n = read_full(&mut reader, &mut buf)?;
-        if n == 0 && tree.leaves > 0 {
-            break;
+        let mut chunks: Vec<&[u8]> = buf[..n].chunks(CHUNK_SIZE).collect();
+        // Empty content is one empty leaf.
+        if tree.leaves == 0 && chunks.is_empty() {
+            chunks.push(&[]);
         }
-        let chunk = &buf[..n];
-        let cid = block::sha256_cid(RAW, chunk);
-        sink.put(&cid, chunk)?;
-        let size = n as u64;
-        tree.push_leaf(
-            Entry {
-                cid,
-                file_size: size,
-                dag_size: size,
-            },
-            sink,
-        )?;
-        if n < CHUNK_SIZE {
+        for (chunk, cid) in chunks.iter().zip(leaf_cids(&chunks)) {
+            sink.put(&cid, chunk)?;
+            let size = chunk.len() as u64;
+            tree.push_leaf(
+                Entry {
+                    cid,
+                    file_size: size,
+                    dag_size: size,
+                },
+                sink,
+            )?;
+        }
+        if n < buf.len() {
             break;
         }
     }
     tree.finish(sink)
+}
+
+/// The raw-leaf CIDs of `chunks`, in order, hashed on up to as many threads
+/// as there are cores (on this thread alone if no other can be started).
+fn leaf_cids(chunks: &[&[u8]]) -> Vec<Cid> {
+    let hash =
+        |part: &[&[u8]]| -> Vec<Cid> { part.iter().map(|c| block::sha256_cid(RAW, c)).collect() };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let per_thread = chunks.len().div_ceil(threads).max(1);
+    if per_thread >= chunks.len() {
+        return hash(chunks);
+    }
+    let mut parts = chunks.chunks(per_thread);
+    let first = parts.next().unwrap_or_default();
+    std::thread::scope(|s| {
+        let others: Vec<_> = parts
+            .map(|part| {
+                std::thread::Builder::new()
+                    .spawn_scoped(s, move || hash(part))
+                    .map_err(|_| part)
+            })
+            .collect();
+        let mut cids = hash(first);
+        for other in others {
+            match other {
+                Ok(thread) => match thread.join() {
+                    Ok(part) => cids.extend(part),
+                    Err(panic) => std::panic::resume_unwind(panic),
+                },
+                Err(part) => cids.extend(hash(part)),
+            }
+        }
+        cids
+    })
 }
 
 /// Reads until `buf` is full or the reader is exhausted.

@@ -9,7 +9,9 @@
 pub mod import;
 pub mod read;
 
-pub use import::{BlockSink, ByteCount, DirectoryBuilder, Entry, NullSink, import_file};
+pub use import::{
+    BlockSink, ByteCount, DirectoryBuilder, Entry, IMPORT_BATCH, NullSink, import_file,
+};
 pub use read::{BlockSource, DirEntry, ReadError, list_directory, read_range};
 
 /// Bytes per leaf chunk.
