@@ -1,7 +1,7 @@
 //! Importing bytes and directories into UnixFS blocks.
 //!
-//! Memory is bounded by one batch of chunks ([`IMPORT_BATCH`] × 256 KiB)
-//! plus at most [`MAX_LINKS`] pending links per tree level, whatever the
+//! Memory is bounded by two batches of chunks ([`IMPORT_BATCH`] × 256 KiB
+//! each) plus at most [`MAX_LINKS`] pending links per tree level, whatever the
 //! content's size.
 
 use std::collections::BTreeMap;
@@ -10,6 +10,7 @@ use std::io::{self, Read};
 use cid::Cid;
 use ipld_dagpb::{PbLink, PbNode};
 use prost::Message as _;
+use rayon::prelude::*;
 
 use super::{CHUNK_SIZE, Data, DataType, MAX_DIRECTORY_LINK_BYTES, MAX_LINKS};
 use crate::block::{self, DAG_PB, RAW};
@@ -57,21 +58,35 @@ pub struct Entry {
     pub dag_size: u64,
 }
 
-/// Chunks read and hashed at once: their sha2 runs on all cores.
-pub const IMPORT_BATCH: usize = 16;
+/// Chunks hashed at once, on all cores, while the next batch is read.
+pub const IMPORT_BATCH: usize = 8;
 
 /// Imports one file's bytes, writing its blocks to `sink`.
-pub fn import_file(mut reader: impl Read, sink: &mut impl BlockSink) -> io::Result<Entry> {
-    let mut buf = vec![0u8; IMPORT_BATCH * CHUNK_SIZE];
+pub fn import_file(mut reader: impl Read + Send, sink: &mut impl BlockSink) -> io::Result<Entry> {
+    let mut batch = vec![0u8; IMPORT_BATCH * CHUNK_SIZE];
+    let mut next = vec![0u8; IMPORT_BATCH * CHUNK_SIZE];
     let mut tree = BalancedTree::default();
+    let mut n = read_full(&mut reader, &mut batch)?;
     loop {
-        let n = read_full(&mut reader, &mut buf)?;
-        let mut chunks: Vec<&[u8]> = buf[..n].chunks(CHUNK_SIZE).collect();
+        let last = n < batch.len();
+        let mut chunks: Vec<&[u8]> = batch[..n].chunks(CHUNK_SIZE).collect();
         // Empty content is one empty leaf.
         if tree.leaves == 0 && chunks.is_empty() {
             chunks.push(&[]);
         }
-        for (chunk, cid) in chunks.iter().zip(leaf_cids(&chunks)) {
+        let (cids, read) = rayon::join(
+            || {
+                chunks
+                    .par_iter()
+                    .map(|c| block::sha256_cid(RAW, c))
+                    .collect::<Vec<_>>()
+            },
+            || match last {
+                true => Ok(0),
+                false => read_full(&mut reader, &mut next),
+            },
+        );
+        for (chunk, cid) in chunks.iter().zip(cids) {
             sink.put(&cid, chunk)?;
             let size = chunk.len() as u64;
             tree.push_leaf(
@@ -83,45 +98,13 @@ pub fn import_file(mut reader: impl Read, sink: &mut impl BlockSink) -> io::Resu
                 sink,
             )?;
         }
-        if n < buf.len() {
+        if last {
             break;
         }
+        n = read?;
+        std::mem::swap(&mut batch, &mut next);
     }
     tree.finish(sink)
-}
-
-/// The raw-leaf CIDs of `chunks`, in order, hashed on up to as many threads
-/// as there are cores (on this thread alone if no other can be started).
-fn leaf_cids(chunks: &[&[u8]]) -> Vec<Cid> {
-    let hash =
-        |part: &[&[u8]]| -> Vec<Cid> { part.iter().map(|c| block::sha256_cid(RAW, c)).collect() };
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let per_thread = chunks.len().div_ceil(threads).max(1);
-    if per_thread >= chunks.len() {
-        return hash(chunks);
-    }
-    let mut parts = chunks.chunks(per_thread);
-    let first = parts.next().unwrap_or_default();
-    std::thread::scope(|s| {
-        let others: Vec<_> = parts
-            .map(|part| {
-                std::thread::Builder::new()
-                    .spawn_scoped(s, move || hash(part))
-                    .map_err(|_| part)
-            })
-            .collect();
-        let mut cids = hash(first);
-        for other in others {
-            match other {
-                Ok(thread) => match thread.join() {
-                    Ok(part) => cids.extend(part),
-                    Err(panic) => std::panic::resume_unwind(panic),
-                },
-                Err(part) => cids.extend(hash(part)),
-            }
-        }
-        cids
-    })
 }
 
 /// Reads until `buf` is full or the reader is exhausted.
