@@ -24,7 +24,7 @@ use tokio::task::JoinHandle;
 
 use super::{DEFAULT_HEDGE_AFTER, find_manifest, lock};
 use crate::direct;
-use crate::node::Handle;
+use crate::node::{Handle, RequestError};
 
 #[derive(Debug, Clone)]
 pub struct GetOptions {
@@ -520,11 +520,32 @@ fn decode(scheme: erasure::Scheme, pieces: Vec<Option<Bytes>>) -> Result<Vec<Byt
     Ok(data)
 }
 
+/// What fetching a piece asks of the network.
+trait Holders {
+    /// The piece's holders: from a lookup that ends at the first answer
+    /// naming any, or (`full`) from one that runs its course.
+    async fn holders(&self, piece: Cid, full: bool) -> Result<HashSet<PeerId>, RequestError>;
+    async fn piece(&self, peer: PeerId, piece: Cid) -> Result<FetchResponse, RequestError>;
+}
+
+impl Holders for Handle {
+    async fn holders(&self, piece: Cid, full: bool) -> Result<HashSet<PeerId>, RequestError> {
+        match full {
+            true => self.providers(piece).await,
+            false => self.first_providers(piece).await,
+        }
+    }
+
+    async fn piece(&self, peer: PeerId, piece: Cid) -> Result<FetchResponse, RequestError> {
+        self.fetch(peer, FetchRequest::PieceV1 { piece }).await
+    }
+}
+
 /// One piece from any of its holders, checked against its CID. The holders
 /// come from a lookup that ends at the first answer (fewer requests,
 /// sooner); a full lookup finds the others should none of those serve it.
 async fn fetch_piece(
-    net: &Handle,
+    net: &impl Holders,
     cid: Cid,
     len: u64,
     i: usize,
@@ -534,12 +555,10 @@ async fn fetch_piece(
     let mut tried = HashSet::new();
     let mut last = String::new();
     for full in [false, true] {
-        let holders = if full {
-            net.providers(cid).await
-        } else {
-            net.first_providers(cid).await
-        }
-        .context("provider lookup failed")?;
+        let holders = net
+            .holders(cid, full)
+            .await
+            .context("provider lookup failed")?;
         // A quick lookup that found none ran its full course.
         if holders.is_empty() && !full {
             bail!("no node holds it");
@@ -549,7 +568,7 @@ async fn fetch_piece(
                 continue;
             }
             lock(asking).insert(i, peer);
-            match net.fetch(peer, FetchRequest::PieceV1 { piece: cid }).await {
+            match net.piece(peer, cid).await {
                 Ok(FetchResponse::PieceV1 { data })
                     if data.len() as u64 == len && block::verify(&cid, &data).is_ok() =>
                 {
@@ -566,4 +585,98 @@ async fn fetch_piece(
         }
     }
     bail!("no holder served it (last: {last})")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Holders named by each lookup, and what each holder answers.
+    struct Net {
+        quick: Vec<PeerId>,
+        full: Vec<PeerId>,
+        answers: HashMap<PeerId, Bytes>,
+        asked: Mutex<Vec<String>>,
+    }
+
+    impl Holders for Net {
+        async fn holders(&self, _: Cid, full: bool) -> Result<HashSet<PeerId>, RequestError> {
+            lock(&self.asked).push(format!("lookup full={full}"));
+            let found = if full { &self.full } else { &self.quick };
+            Ok(found.iter().copied().collect())
+        }
+
+        async fn piece(&self, peer: PeerId, _: Cid) -> Result<FetchResponse, RequestError> {
+            lock(&self.asked).push(format!("fetch {peer}"));
+            match self.answers.get(&peer) {
+                Some(data) => Ok(FetchResponse::PieceV1 { data: data.clone() }),
+                None => Ok(FetchResponse::NotFoundV1),
+            }
+        }
+    }
+
+    async fn fetch(net: &Net, piece: &Bytes) -> (Result<Bytes>, GetStats) {
+        let cid = block::piece_cid(piece);
+        let stats = Mutex::default();
+        let got = fetch_piece(net, cid, piece.len() as u64, 0, &Mutex::default(), &stats).await;
+        (got, lock(&stats).clone())
+    }
+
+    #[tokio::test]
+    async fn a_full_lookup_finds_a_holder_when_the_quick_ones_fail() {
+        let piece = Bytes::from(vec![7u8; 1000]);
+        let (liar, gone, good) = (PeerId::random(), PeerId::random(), PeerId::random());
+        let net = Net {
+            quick: vec![liar, gone],
+            full: vec![liar, gone, good],
+            answers: HashMap::from([(liar, Bytes::from(vec![8u8; 1000])), (good, piece.clone())]),
+            asked: Mutex::default(),
+        };
+        let (got, stats) = fetch(&net, &piece).await;
+        assert_eq!(got.expect("fetched"), piece);
+        assert_eq!(stats.dropped, BTreeSet::from([liar]));
+        // Each holder asked once; the full lookup only after both failed.
+        let asked = lock(&net.asked).clone();
+        let full_at = asked.iter().position(|a| a == "lookup full=true");
+        assert_eq!(full_at, Some(3), "{asked:?}");
+        assert_eq!(asked.len(), 5, "{asked:?}");
+        assert_eq!(asked[4], format!("fetch {good}"));
+    }
+
+    #[tokio::test]
+    async fn the_quick_holders_serving_means_no_full_lookup() {
+        let piece = Bytes::from(vec![7u8; 1000]);
+        let good = PeerId::random();
+        let net = Net {
+            quick: vec![good],
+            full: vec![good],
+            answers: HashMap::from([(good, piece.clone())]),
+            asked: Mutex::default(),
+        };
+        assert_eq!(fetch(&net, &piece).await.0.expect("fetched"), piece);
+        assert_eq!(lock(&net.asked).len(), 2);
+    }
+
+    #[tokio::test]
+    async fn no_holder_anywhere_is_an_error_naming_the_last_failure() {
+        let piece = Bytes::from(vec![7u8; 1000]);
+        let gone = PeerId::random();
+        let net = Net {
+            quick: vec![gone],
+            full: vec![gone],
+            answers: HashMap::new(),
+            asked: Mutex::default(),
+        };
+        let err = fetch(&net, &piece).await.0.expect_err("nobody serves it");
+        assert!(err.to_string().contains("NotFoundV1"), "{err}");
+        // The quick lookup finding nobody ran its course: no second one.
+        let empty = Net {
+            quick: vec![],
+            asked: Mutex::default(),
+            ..net
+        };
+        let err = fetch(&empty, &piece).await.0.expect_err("nobody holds it");
+        assert!(err.to_string().contains("no node holds it"), "{err}");
+        assert_eq!(lock(&empty.asked).as_slice(), ["lookup full=false"]);
+    }
 }
