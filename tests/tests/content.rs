@@ -336,6 +336,9 @@ async fn content_survives_stopped_garbage_and_stalling_holders() -> Result<()> {
         stats.dropped.contains(&garbage),
         "garbage holder dropped: {stats:?}"
     );
+    // Data pieces are checked through their blocks: the garbage showed as
+    // a bad block, and its segment was fetched again, checked.
+    ensure!(stats.rechecked >= 1, "segment fetched again: {stats:?}");
     ensure!(
         stats.slow.contains(&stall),
         "stalling holder backed up: {stats:?}"

@@ -58,6 +58,9 @@ pub struct GetStats {
     pub dropped: BTreeSet<PeerId>,
     /// Holders that were slow to answer, so another piece was fetched.
     pub slow: BTreeSet<PeerId>,
+    /// Segments fetched again, every piece checked, after a block in them
+    /// did not match its CID.
+    pub rechecked: u64,
 }
 
 /// No node has a manifest of this content.
@@ -174,6 +177,7 @@ impl Content {
             cache: VecDeque::new(),
             inner: HashMap::new(),
             inner_bytes: 0,
+            checked: HashSet::new(),
         }
     }
 
@@ -311,6 +315,8 @@ struct NetSource<'a> {
     cache: VecDeque<(u64, Arc<Segment>)>,
     inner: HashMap<Cid, Bytes>,
     inner_bytes: usize,
+    /// Segments fetched again with every piece checked.
+    checked: HashSet<u64>,
 }
 
 impl NetSource<'_> {
@@ -328,12 +334,14 @@ impl NetSource<'_> {
         for s in ahead {
             let cached = self.cache.iter().any(|(i, _)| *i == s);
             if s == index || (!cached && self.in_flight.len() < window) {
+                let check_data = self.checked.contains(&s);
                 self.in_flight.entry(s).or_insert_with(|| {
                     let c = self.content;
                     self.rt.spawn(fetch_segment(
                         c.net.clone(),
                         c.manifest.clone(),
                         s,
+                        check_data,
                         c.options.hedge_after,
                         c.stats.clone(),
                     ))
@@ -352,6 +360,47 @@ impl NetSource<'_> {
             self.cache.pop_front();
         }
         Ok(segment)
+    }
+
+    /// Fetches segment `index` again with every piece checked against its
+    /// CID, in place of what was fetched before.
+    fn refetch(&mut self, index: u64) -> io::Result<()> {
+        if let Some(task) = self.in_flight.remove(&index) {
+            task.abort();
+        }
+        self.cache.retain(|(i, _)| *i != index);
+        // Inner blocks copied out of the old fetch may be bad too.
+        let size = self.content.manifest.segment_size();
+        let seg = index * size..(index + 1) * size;
+        for (cid, at) in &self.inner_at {
+            if at.start < seg.end && seg.start < at.end {
+                if let Some(b) = self.inner.remove(cid) {
+                    self.inner_bytes -= b.len();
+                }
+            }
+        }
+        let c = self.content;
+        let task = self.rt.spawn(fetch_segment(
+            c.net.clone(),
+            c.manifest.clone(),
+            index,
+            true,
+            c.options.hedge_after,
+            c.stats.clone(),
+        ));
+        let segment = self
+            .rt
+            .block_on(task)
+            .map_err(io::Error::other)?
+            .map_err(|e| io::Error::other(format!("{e:#}")))?;
+        self.checked.insert(index);
+        lock(&self.content.stats).rechecked += 1;
+        self.keep_inner(index, &segment);
+        self.cache.push_back((index, segment));
+        if self.cache.len() > SEGMENTS_CACHED {
+            self.cache.pop_front();
+        }
+        Ok(())
     }
 
     /// Keeps the dag-pb blocks that lie wholly in a segment, within
@@ -404,15 +453,43 @@ impl BlockSource for NetSource<'_> {
             _ => parts.concat().into(),
         })
     }
+
+    /// A data piece of the block's segments was bad: fetch those segments
+    /// again, checking every piece, which drops the holder that sent it.
+    /// Once each is checked, a block that still fails is the manifest's
+    /// fault, and the read fails.
+    fn rejected(&mut self, cid: &Cid) -> io::Result<Option<Bytes>> {
+        let Some(at) = self.locate.get(cid).cloned() else {
+            return Ok(None);
+        };
+        let unchecked: Vec<u64> = self
+            .content
+            .manifest
+            .segments_for(at)
+            .filter(|s| !self.checked.contains(s))
+            .collect();
+        if unchecked.is_empty() {
+            return Ok(None);
+        }
+        tracing::warn!(block = %cid, segments = ?unchecked, "block does not match its CID; fetching its segments again, checking every piece");
+        for s in unchecked {
+            self.refetch(s)?;
+        }
+        self.get(cid).map(Some)
+    }
 }
 
-/// Fetches any `k` pieces of segment `index` (data pieces first), each
-/// checked against its CID, and decodes the segment if a data piece is
-/// missing. A piece slower than `hedge_after` is backed up by the next one.
+/// Fetches any `k` pieces of segment `index` (data pieces first) and
+/// decodes the segment if a data piece is missing. A piece slower than
+/// `hedge_after` is backed up by the next one. Parity pieces are checked
+/// against their CIDs, data pieces only if `check_data`: the reader checks
+/// every block in them anyway, and fetches the segment again, checked,
+/// should one fail ([`NetSource::rejected`]).
 async fn fetch_segment(
     net: Handle,
     manifest: Arc<Manifest>,
     index: u64,
+    check_data: bool,
     hedge_after: Duration,
     stats: Arc<Mutex<GetStats>>,
 ) -> Result<Arc<Segment>> {
@@ -424,7 +501,8 @@ async fn fetch_segment(
     let attempt = |i: usize| {
         let (net, stats, asking, cid) = (net.clone(), stats.clone(), asking.clone(), cids[i]);
         async move {
-            let result = fetch_piece(&net, cid, piece_len, i, &asking, &stats).await;
+            let check = check_data || i >= k;
+            let result = fetch_piece(&net, cid, piece_len, check, i, &asking, &stats).await;
             (i, result)
         }
     };
@@ -541,13 +619,15 @@ impl Holders for Handle {
     }
 }
 
-/// One piece from any of its holders, checked against its CID. The holders
-/// come from a lookup that ends at the first answer (fewer requests,
-/// sooner); a full lookup finds the others should none of those serve it.
+/// One piece from any of its holders, checked against its CID if `check`
+/// (else only its length). The holders come from a lookup that ends at the
+/// first answer (fewer requests, sooner); a full lookup finds the others
+/// should none of those serve it.
 async fn fetch_piece(
     net: &impl Holders,
     cid: Cid,
     len: u64,
+    check: bool,
     i: usize,
     asking: &Mutex<HashMap<usize, PeerId>>,
     stats: &Mutex<GetStats>,
@@ -570,7 +650,7 @@ async fn fetch_piece(
             lock(asking).insert(i, peer);
             match net.piece(peer, cid).await {
                 Ok(FetchResponse::PieceV1 { data })
-                    if data.len() as u64 == len && block::verify(&cid, &data).is_ok() =>
+                    if data.len() as u64 == len && (!check || block::verify(&cid, &data).is_ok()) =>
                 {
                     return Ok(data);
                 }
@@ -618,7 +698,16 @@ mod tests {
     async fn fetch(net: &Net, piece: &Bytes) -> (Result<Bytes>, GetStats) {
         let cid = block::piece_cid(piece);
         let stats = Mutex::default();
-        let got = fetch_piece(net, cid, piece.len() as u64, 0, &Mutex::default(), &stats).await;
+        let got = fetch_piece(
+            net,
+            cid,
+            piece.len() as u64,
+            true,
+            0,
+            &Mutex::default(),
+            &stats,
+        )
+        .await;
         (got, lock(&stats).clone())
     }
 

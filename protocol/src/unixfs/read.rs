@@ -24,11 +24,23 @@ pub trait BlockSource {
     /// The block's bytes; `io::ErrorKind::NotFound` when the source lacks it.
     /// The reader verifies what it gets, so a source need not.
     fn get(&mut self, cid: &Cid) -> io::Result<Bytes>;
+
+    /// The bytes `get` gave for `cid` do not match it: other bytes to try,
+    /// or `None` to fail the read. A source must give up after finitely
+    /// many tries. By default it gives up at once.
+    fn rejected(&mut self, cid: &Cid) -> io::Result<Option<Bytes>> {
+        let _ = cid;
+        Ok(None)
+    }
 }
 
 impl<S: BlockSource + ?Sized> BlockSource for &mut S {
     fn get(&mut self, cid: &Cid) -> io::Result<Bytes> {
         (**self).get(cid)
+    }
+
+    fn rejected(&mut self, cid: &Cid) -> io::Result<Option<Bytes>> {
+        (**self).rejected(cid)
     }
 }
 
@@ -69,17 +81,23 @@ fn malformed(cid: &Cid, reason: impl Into<String>) -> ReadError {
 }
 
 fn fetch(source: &mut impl BlockSource, cid: &Cid) -> Result<Bytes, ReadError> {
-    let bytes = source
-        .get(cid)
-        .map_err(|source| ReadError::Source { cid: *cid, source })?;
-    if bytes.len() > MAX_BLOCK_SIZE {
-        return Err(ReadError::TooLarge {
-            cid: *cid,
-            len: bytes.len(),
-        });
+    let source_err = |source| ReadError::Source { cid: *cid, source };
+    let mut bytes = source.get(cid).map_err(source_err)?;
+    loop {
+        if bytes.len() > MAX_BLOCK_SIZE {
+            return Err(ReadError::TooLarge {
+                cid: *cid,
+                len: bytes.len(),
+            });
+        }
+        let Err(e) = block::verify(cid, &bytes) else {
+            return Ok(bytes);
+        };
+        match source.rejected(cid).map_err(source_err)? {
+            Some(again) => bytes = again,
+            None => return Err(e.into()),
+        }
     }
-    block::verify(cid, &bytes)?;
-    Ok(bytes)
 }
 
 /// A decoded dag-pb UnixFS node.
@@ -300,6 +318,54 @@ mod tests {
         let mut out = Vec::new();
         let err = read_range(&mut store.0, &root, 0, None, &mut out).expect_err("corrupt leaf");
         assert!(matches!(err, ReadError::Verify(_)), "{err}");
+    }
+
+    /// Gives a corrupted copy of every block first, the right one when told
+    /// it was rejected, if `mends`.
+    struct Flaky {
+        blocks: HashMap<Cid, Vec<u8>>,
+        mends: bool,
+        rejected: Vec<Cid>,
+    }
+
+    impl BlockSource for Flaky {
+        fn get(&mut self, cid: &Cid) -> io::Result<Bytes> {
+            let mut bad = self.blocks.get(cid).cloned().unwrap_or_default();
+            bad.push(0);
+            Ok(bad.into())
+        }
+
+        fn rejected(&mut self, cid: &Cid) -> io::Result<Option<Bytes>> {
+            self.rejected.push(*cid);
+            Ok(self
+                .mends
+                .then(|| self.blocks.get(cid).cloned().unwrap_or_default().into()))
+        }
+    }
+
+    #[test]
+    fn a_rejected_block_is_asked_for_again_and_checked_again() {
+        let data = content(3 * CHUNK_SIZE);
+        let mut store = Store::default();
+        let root = import_file(&data[..], &mut store).expect("import").cid;
+        let mut source = Flaky {
+            blocks: store.0.clone(),
+            mends: true,
+            rejected: Vec::new(),
+        };
+        let mut out = Vec::new();
+        read_range(&mut source, &root, 0, None, &mut out).expect("mended");
+        assert_eq!(out, data);
+        assert_eq!(source.rejected.len(), store.0.len(), "every block once");
+
+        let mut source = Flaky {
+            blocks: store.0,
+            mends: false,
+            rejected: Vec::new(),
+        };
+        let err = read_range(&mut source, &root, 0, None, &mut Vec::new()).expect_err("bad");
+        assert!(matches!(err, ReadError::Verify(_)), "{err}");
+        assert_eq!(source.rejected, [root]);
     }
 
     #[test]
