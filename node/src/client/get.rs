@@ -650,7 +650,8 @@ async fn fetch_piece(
             lock(asking).insert(i, peer);
             match net.piece(peer, cid).await {
                 Ok(FetchResponse::PieceV1 { data })
-                    if data.len() as u64 == len && (!check || block::verify(&cid, &data).is_ok()) =>
+                    if data.len() as u64 == len
+                        && (!check || block::verify(&cid, &data).is_ok()) =>
                 {
                     return Ok(data);
                 }

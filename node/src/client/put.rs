@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
 use bytes::Bytes;
+use cairn_protocol::block::RAW;
 use cairn_protocol::car::CarReader;
 use cairn_protocol::erasure::Scheme;
 use cairn_protocol::manifest::{
@@ -16,7 +17,7 @@ use cairn_protocol::manifest::{
 };
 use cairn_protocol::record::{SignedReceipt, Terms};
 use cairn_protocol::seal::{Key, Sealer};
-use cairn_protocol::unixfs::{BlockSink, ByteCount, import_file};
+use cairn_protocol::unixfs::{BlockSink, CHUNK_SIZE, HashLeaves, Leaves, import_file_with};
 use cairn_protocol::wire::{RejectReason, StoreRequest, StoreResponse, Transfer};
 use cid::Cid;
 use futures::StreamExt as _;
@@ -24,6 +25,7 @@ use futures::stream::FuturesUnordered;
 use libp2p::PeerId;
 use rand::RngCore as _;
 use tokio::sync::mpsc;
+use xxhash_rust::xxh3::xxh3_128;
 
 use super::{DEFAULT_HEDGE_AFTER, find_manifest, lock, node_key};
 use crate::add::{self, Options};
@@ -117,9 +119,9 @@ pub async fn add(
 ) -> Result<Added> {
     // Hash first: the root tells whether the network has the content.
     let hashing = input.clone();
-    let (root, total) = tokio::task::spawn_blocking(move || {
-        let mut counter = ByteCount(0);
-        import(&hashing, &mut counter).map(|root| (root, counter.0))
+    let (root, total, known) = tokio::task::spawn_blocking(move || {
+        let mut first = FirstPass::default();
+        import(&hashing, &mut first, &HashLeaves).map(|root| (root, first.bytes, first.leaves))
     })
     .await
     .context("import task failed")??;
@@ -158,7 +160,7 @@ pub async fn add(
             tx.blocking_send(segment)
                 .map_err(|_| io::Error::other("the upload stopped"))
         })?;
-        let root = import(&input, &mut packer)?;
+        let root = import(&input, &mut packer, &known)?;
         Ok(packer.finish(root)?)
     });
 
@@ -231,9 +233,65 @@ fn piece_lens(m: &Manifest) -> Vec<u64> {
         .collect()
 }
 
-/// Imports `input` into `sink` and returns its root CID.
-fn import(input: &Input, sink: &mut impl BlockSink) -> Result<Cid> {
+/// Leaves the first pass remembers for the second: 16 GiB of content, in
+/// 3 MiB. The second pass hashes any beyond them.
+const KNOWN_LEAVES: usize = 1 << 16;
+
+/// The first pass's sink: counts the content's bytes and remembers its
+/// first [`KNOWN_LEAVES`] raw leaves, in order, each as its CID and a
+/// 128-bit XXH3 of its bytes.
+#[derive(Default)]
+struct FirstPass {
+    bytes: u64,
+    leaves: KnownLeaves,
+}
+
+impl BlockSink for FirstPass {
+    fn put(&mut self, cid: &Cid, block: &[u8]) -> io::Result<()> {
+        self.bytes += block.len() as u64;
+        if cid.codec() == RAW && self.leaves.0.len() < KNOWN_LEAVES {
+            self.leaves.0.push((*cid, xxh3_128(block)));
+        }
+        Ok(())
+    }
+}
+
+/// A file's leaves as the first pass hashed them: the pack pass reads the
+/// file again and checks each chunk by XXH3 (≈ 30× cheaper than sha2)
+/// instead of hashing it again. A chunk that differs means the file
+/// changed in between, and the add fails.
+#[derive(Default)]
+struct KnownLeaves(Vec<(Cid, u128)>);
+
+impl Leaves for KnownLeaves {
+    fn cid(&self, index: u64, chunk: &[u8]) -> io::Result<Cid> {
+        match usize::try_from(index).ok().and_then(|i| self.0.get(i)) {
+            Some((cid, hash)) if xxh3_128(chunk) == *hash => Ok(*cid),
+            Some(_) => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "the input changed while it was being added (at byte {})",
+                    index * CHUNK_SIZE as u64
+                ),
+            )),
+            None => HashLeaves.cid(index, chunk),
+        }
+    }
+}
+
+/// Imports `input` into `sink` and returns its root CID. A file's raw
+/// leaves (plain or sealed) are named by `leaves`; a directory's are hashed.
+fn import(input: &Input, sink: &mut impl BlockSink, leaves: &impl Leaves) -> Result<Cid> {
     match input {
+        Input::Path { path, .. } if path.is_file() => {
+            let file =
+                File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+            Ok(
+                import_file_with(BufReader::with_capacity(1 << 20, file), sink, leaves)
+                    .with_context(|| format!("cannot import {}", path.display()))?
+                    .cid,
+            )
+        }
         Input::Path { path, options } => Ok(add::import_path(path, *options, sink)?.cid),
         Input::Car(path) => {
             let file =
@@ -261,7 +319,7 @@ fn import(input: &Input, sink: &mut impl BlockSink) -> Result<Cid> {
                 );
             }
             let sealed = Sealer::new(BufReader::with_capacity(1 << 20, file), key);
-            Ok(import_file(sealed, sink)
+            Ok(import_file_with(sealed, sink, leaves)
                 .with_context(|| format!("cannot import {}", path.display()))?
                 .cid)
         }
@@ -631,6 +689,42 @@ async fn store_manifest(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_pack_pass_names_leaves_as_the_first_pass_did_and_notices_a_change() {
+        use cairn_protocol::unixfs::{BlockSink as _, ByteCount, NullSink, import_file};
+        let data: Vec<u8> = (0..3 * CHUNK_SIZE + 5).map(|i| (i % 251) as u8).collect();
+        let mut first = FirstPass::default();
+        let root = import_file(&data[..], &mut first).expect("first pass").cid;
+        let mut count = ByteCount(0);
+        import_file(&data[..], &mut count).expect("count");
+        assert_eq!(first.bytes, count.0, "every block's bytes counted");
+        assert_eq!(first.leaves.0.len(), 4, "raw leaves only");
+
+        // The same bytes: the same root, with no leaf hashed again (a
+        // leaf named differently than its bytes would change the root).
+        let again = import_file_with(&data[..], &mut NullSink, &first.leaves).expect("again");
+        assert_eq!(again.cid, root);
+        let mut lying = KnownLeaves(first.leaves.0.clone());
+        lying.0[1].0 = cairn_protocol::block::sha256_cid(RAW, b"other");
+        let lied = import_file_with(&data[..], &mut NullSink, &lying).expect("trusted");
+        assert_ne!(lied.cid, root, "the known CID was used, not a new hash");
+
+        // A chunk that changed in between fails the import.
+        let mut changed = data.clone();
+        changed[2 * CHUNK_SIZE + 7] ^= 1;
+        let err = import_file_with(&changed[..], &mut NullSink, &first.leaves)
+            .expect_err("changed input");
+        assert!(err.to_string().contains("changed"), "{err}");
+
+        // Leaves beyond those known are hashed.
+        let short = KnownLeaves(first.leaves.0[..2].to_vec());
+        let beyond = import_file_with(&data[..], &mut NullSink, &short).expect("hashed");
+        assert_eq!(beyond.cid, root);
+        let mut sink = FirstPass::default();
+        sink.put(&root, b"a dag-pb node").expect("put");
+        assert!(sink.leaves.0.is_empty(), "inner nodes are not leaves");
+    }
 
     fn peers(n: usize) -> Vec<PeerId> {
         (0..n).map(|_| PeerId::random()).collect()

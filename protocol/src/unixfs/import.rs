@@ -61,8 +61,35 @@ pub struct Entry {
 /// Chunks hashed at once, on all cores, while the next batch is read.
 pub const IMPORT_BATCH: usize = 8;
 
+/// How an import names a file's raw leaves.
+pub trait Leaves: Sync {
+    /// The CID of the file's leaf number `index` (from 0), whose bytes are
+    /// `chunk`. Called from several threads at once, in no order.
+    fn cid(&self, index: u64, chunk: &[u8]) -> io::Result<Cid>;
+}
+
+/// Names every leaf by hashing it, as `ipfs add` does.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct HashLeaves;
+
+impl Leaves for HashLeaves {
+    fn cid(&self, _: u64, chunk: &[u8]) -> io::Result<Cid> {
+        Ok(block::sha256_cid(RAW, chunk))
+    }
+}
+
 /// Imports one file's bytes, writing its blocks to `sink`.
-pub fn import_file(mut reader: impl Read + Send, sink: &mut impl BlockSink) -> io::Result<Entry> {
+pub fn import_file(reader: impl Read + Send, sink: &mut impl BlockSink) -> io::Result<Entry> {
+    import_file_with(reader, sink, &HashLeaves)
+}
+
+/// [`import_file`], the raw leaves named by `leaves`: a caller that has
+/// hashed the same file before can skip hashing it again.
+pub fn import_file_with(
+    mut reader: impl Read + Send,
+    sink: &mut impl BlockSink,
+    leaves: &impl Leaves,
+) -> io::Result<Entry> {
     let mut batch = vec![0u8; IMPORT_BATCH * CHUNK_SIZE];
     let mut next = vec![0u8; IMPORT_BATCH * CHUNK_SIZE];
     let mut tree = BalancedTree::default();
@@ -74,19 +101,21 @@ pub fn import_file(mut reader: impl Read + Send, sink: &mut impl BlockSink) -> i
         if tree.leaves == 0 && chunks.is_empty() {
             chunks.push(&[]);
         }
+        let first = tree.leaves;
         let (cids, read) = rayon::join(
             || {
                 chunks
                     .par_iter()
-                    .map(|c| block::sha256_cid(RAW, c))
-                    .collect::<Vec<_>>()
+                    .enumerate()
+                    .map(|(i, c)| leaves.cid(first + i as u64, c))
+                    .collect::<io::Result<Vec<_>>>()
             },
             || match last {
                 true => Ok(0),
                 false => read_full(&mut reader, &mut next),
             },
         );
-        for (chunk, cid) in chunks.iter().zip(cids) {
+        for (chunk, cid) in chunks.iter().zip(cids?) {
             sink.put(&cid, chunk)?;
             let size = chunk.len() as u64;
             tree.push_leaf(

@@ -10,7 +10,8 @@ pub mod import;
 pub mod read;
 
 pub use import::{
-    BlockSink, ByteCount, DirectoryBuilder, Entry, IMPORT_BATCH, NullSink, import_file,
+    BlockSink, ByteCount, DirectoryBuilder, Entry, HashLeaves, IMPORT_BATCH, Leaves, NullSink,
+    import_file, import_file_with,
 };
 pub use read::{BlockSource, DirEntry, ReadError, list_directory, read_range};
 
