@@ -93,6 +93,11 @@ async fn devnet(args: Args) -> Result<()> {
                 boot,
                 "--capacity",
                 capacity,
+                // N nodes share this machine's cores: one worker each
+                // switches threads less (get of 1 GiB on 12 nodes: 3.5 s
+                // against 3.8 with a worker per core; docs/BENCHMARKS.md).
+                "--threads",
+                "1",
             ];
             spawn(&name, cairn, &args, dir).await
         }

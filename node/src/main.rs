@@ -243,6 +243,10 @@ struct NodeArgs {
     /// Most connections open at once [default: 512].
     #[arg(long, env = "CAIRN_MAX_CONNECTIONS")]
     max_connections: Option<u32>,
+    /// Worker threads of the node's async runtime [default: one per core].
+    /// `cairn devnet` gives each of its nodes one, since they share the cores.
+    #[arg(long, env = "CAIRN_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
+    threads: Option<u16>,
     /// Log format on stderr [default: text].
     #[arg(long, env = "CAIRN_LOG_FORMAT", value_enum)]
     log_format: Option<LogFormat>,
@@ -442,9 +446,17 @@ fn node_config(args: NodeArgs) -> Result<(node::Config, LogFormat, std::net::Soc
 }
 
 fn run_node(args: NodeArgs) -> Result<()> {
+    let threads = args.threads;
     let (config, log, api_addr) = node_config(args)?;
     cli::init_logs(log);
-    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = threads {
+        builder.worker_threads(n.into());
+    }
+    let runtime = builder
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
     runtime.block_on(async {
         let data_dir = config.data_dir.clone();
         let node = Node::start(config)
