@@ -173,14 +173,43 @@ async fn droppers_are_caught_and_restarts_are_not_failures() -> Result<()> {
             assert_eq!(rep.failed, 0.0, "honest {peer} never fails an audit");
         }
     }
-    // Repairs placed nothing on a dropper: what it holds now it held before.
-    let placed_after = placements(&client, &added, true)?;
-    for (piece, holder) in placed_after.difference(&placed_before) {
+    // Once caught, a dropper gets no more pieces. (Before, it may: a repair
+    // can choose a dropper no audit has caught yet.) An honest holder
+    // leaves; every piece it held is rebuilt, none on a dropper.
+    let placed_now = placements(&client, &added, true)?;
+    let leaving = net
+        .up()
+        .into_iter()
+        .find(|i| {
+            let peer = net.peer_id(*i).to_string();
+            !droppers.contains(i) && placed_now.iter().any(|(_, h)| *h == peer)
+        })
+        .expect("an honest holder");
+    let gone = net.peer_id(leaving).to_string();
+    let its: HashSet<String> = placed_now
+        .iter()
+        .filter(|(_, h)| *h == gone)
+        .map(|(p, _)| p.clone())
+        .collect();
+    net.leave(leaving).await?;
+    wait_for(
+        "rebuilt without the one gone",
+        Duration::from_secs(120),
+        || Ok(!holders(&client, &added)?.contains(&gone) && whole(&client, &added)?),
+    )
+    .await?;
+    let dropper_names: HashSet<String> = dropper_ids.iter().map(ToString::to_string).collect();
+    let rebuilt: Vec<(String, String)> = placements(&client, &added, true)?
+        .into_iter()
+        .filter(|(p, _)| its.contains(p))
+        .collect();
+    // (A manifest copy's CID has several holders.)
+    let pieces: HashSet<&String> = rebuilt.iter().map(|(p, _)| p).collect();
+    assert_eq!(pieces.len(), its.len(), "each of its pieces rebuilt");
+    for (piece, holder) in rebuilt {
         assert!(
-            !droppers
-                .iter()
-                .any(|&i| *holder == net.peer_id(i).to_string()),
-            "dropper {holder} got piece {piece} by a repair"
+            !dropper_names.contains(&holder),
+            "caught dropper {holder} got piece {piece} by a repair"
         );
     }
     for (a, c) in added.iter().zip(&contents) {
