@@ -333,22 +333,37 @@ impl NetSource<'_> {
             .collect();
         for s in ahead {
             let cached = self.cache.iter().any(|(i, _)| *i == s);
-            if s == index || (!cached && self.in_flight.len() < window) {
-                let check_data = self.checked.contains(&s);
-                self.in_flight.entry(s).or_insert_with(|| {
-                    let c = self.content;
-                    self.rt.spawn(fetch_segment(
-                        c.net.clone(),
-                        c.manifest.clone(),
-                        s,
-                        check_data,
-                        c.options.hedge_after,
-                        c.stats.clone(),
-                    ))
-                });
+            if (s == index || (!cached && self.in_flight.len() < window))
+                && !self.in_flight.contains_key(&s)
+            {
+                let task = self.spawn(s);
+                self.in_flight.insert(s, task);
             }
         }
         let task = self.in_flight.remove(&index).expect("just started");
+        self.land(index, task)
+    }
+
+    /// Starts fetching segment `index`; its data pieces are checked on
+    /// arrival once a block of it has failed ([`NetSource::rejected`]).
+    fn spawn(&self, index: u64) -> JoinHandle<Result<Arc<Segment>>> {
+        let c = self.content;
+        self.rt.spawn(fetch_segment(
+            c.net.clone(),
+            c.manifest.clone(),
+            index,
+            self.checked.contains(&index),
+            c.options.hedge_after,
+            c.stats.clone(),
+        ))
+    }
+
+    /// Waits for segment `index` and keeps it, and its inner blocks.
+    fn land(
+        &mut self,
+        index: u64,
+        task: JoinHandle<Result<Arc<Segment>>>,
+    ) -> io::Result<Arc<Segment>> {
         let segment = self
             .rt
             .block_on(task)
@@ -379,28 +394,10 @@ impl NetSource<'_> {
                 }
             }
         }
-        let c = self.content;
-        let task = self.rt.spawn(fetch_segment(
-            c.net.clone(),
-            c.manifest.clone(),
-            index,
-            true,
-            c.options.hedge_after,
-            c.stats.clone(),
-        ));
-        let segment = self
-            .rt
-            .block_on(task)
-            .map_err(io::Error::other)?
-            .map_err(|e| io::Error::other(format!("{e:#}")))?;
         self.checked.insert(index);
         lock(&self.content.stats).rechecked += 1;
-        self.keep_inner(index, &segment);
-        self.cache.push_back((index, segment));
-        if self.cache.len() > SEGMENTS_CACHED {
-            self.cache.pop_front();
-        }
-        Ok(())
+        let task = self.spawn(index);
+        self.land(index, task).map(drop)
     }
 
     /// Keeps the dag-pb blocks that lie wholly in a segment, within
