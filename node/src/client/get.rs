@@ -677,6 +677,17 @@ mod tests {
         asked: Mutex<Vec<String>>,
     }
 
+    impl Net {
+        fn new(quick: &[PeerId], full: &[PeerId], answers: &[(PeerId, &Bytes)]) -> Net {
+            Net {
+                quick: quick.to_vec(),
+                full: full.to_vec(),
+                answers: answers.iter().map(|(p, d)| (*p, (*d).clone())).collect(),
+                asked: Mutex::default(),
+            }
+        }
+    }
+
     impl Holders for Net {
         async fn holders(&self, _: Cid, full: bool) -> Result<HashSet<PeerId>, RequestError> {
             lock(&self.asked).push(format!("lookup full={full}"));
@@ -713,12 +724,12 @@ mod tests {
     async fn a_full_lookup_finds_a_holder_when_the_quick_ones_fail() {
         let piece = Bytes::from(vec![7u8; 1000]);
         let (liar, gone, good) = (PeerId::random(), PeerId::random(), PeerId::random());
-        let net = Net {
-            quick: vec![liar, gone],
-            full: vec![liar, gone, good],
-            answers: HashMap::from([(liar, Bytes::from(vec![8u8; 1000])), (good, piece.clone())]),
-            asked: Mutex::default(),
-        };
+        let garbage = Bytes::from(vec![8u8; 1000]);
+        let net = Net::new(
+            &[liar, gone],
+            &[liar, gone, good],
+            &[(liar, &garbage), (good, &piece)],
+        );
         let (got, stats) = fetch(&net, &piece).await;
         assert_eq!(got.expect("fetched"), piece);
         assert_eq!(stats.dropped, BTreeSet::from([liar]));
@@ -734,12 +745,7 @@ mod tests {
     async fn the_quick_holders_serving_means_no_full_lookup() {
         let piece = Bytes::from(vec![7u8; 1000]);
         let good = PeerId::random();
-        let net = Net {
-            quick: vec![good],
-            full: vec![good],
-            answers: HashMap::from([(good, piece.clone())]),
-            asked: Mutex::default(),
-        };
+        let net = Net::new(&[good], &[good], &[(good, &piece)]);
         assert_eq!(fetch(&net, &piece).await.0.expect("fetched"), piece);
         assert_eq!(lock(&net.asked).len(), 2);
     }
@@ -748,20 +754,11 @@ mod tests {
     async fn no_holder_anywhere_is_an_error_naming_the_last_failure() {
         let piece = Bytes::from(vec![7u8; 1000]);
         let gone = PeerId::random();
-        let net = Net {
-            quick: vec![gone],
-            full: vec![gone],
-            answers: HashMap::new(),
-            asked: Mutex::default(),
-        };
+        let net = Net::new(&[gone], &[gone], &[]);
         let err = fetch(&net, &piece).await.0.expect_err("nobody serves it");
         assert!(err.to_string().contains("NotFoundV1"), "{err}");
         // The quick lookup finding nobody ran its course: no second one.
-        let empty = Net {
-            quick: vec![],
-            asked: Mutex::default(),
-            ..net
-        };
+        let empty = Net::new(&[], &[gone], &[]);
         let err = fetch(&empty, &piece).await.0.expect_err("nobody holds it");
         assert!(err.to_string().contains("no node holds it"), "{err}");
         assert_eq!(lock(&empty.asked).as_slice(), ["lookup full=false"]);
