@@ -5,7 +5,9 @@ use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, bail};
-use cairn_protocol::unixfs::{BlockSink, DirectoryBuilder, Entry, import_file};
+use cairn_protocol::unixfs::{
+    BlockSink, DirectoryBuilder, Entry, HashLeaves, Leaves, import_file_with,
+};
 
 /// How to walk a path.
 #[derive(Debug, Clone, Copy, Default)]
@@ -19,6 +21,17 @@ pub struct Options {
 /// Imports `path` (a file, or with `recursive` a directory tree), writing
 /// every block to `sink`, and returns the root entry.
 pub fn import_path(path: &Path, options: Options, sink: &mut impl BlockSink) -> Result<Entry> {
+    import_path_with(path, options, sink, &HashLeaves)
+}
+
+/// [`import_path`], a file's raw leaves named by `leaves` (a directory's
+/// files are hashed).
+pub fn import_path_with(
+    path: &Path,
+    options: Options,
+    sink: &mut impl BlockSink,
+    leaves: &impl Leaves,
+) -> Result<Entry> {
     let meta = fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
     if meta.is_dir() {
         if !options.recursive {
@@ -27,7 +40,7 @@ pub fn import_path(path: &Path, options: Options, sink: &mut impl BlockSink) -> 
         import_dir(path, options, sink)
     } else {
         let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-        import_file(BufReader::with_capacity(1 << 20, file), sink)
+        import_file_with(BufReader::with_capacity(1 << 20, file), sink, leaves)
             .with_context(|| format!("cannot import {}", path.display()))
     }
 }

@@ -283,16 +283,9 @@ impl Leaves for KnownLeaves {
 /// leaves (plain or sealed) are named by `leaves`; a directory's are hashed.
 fn import(input: &Input, sink: &mut impl BlockSink, leaves: &impl Leaves) -> Result<Cid> {
     match input {
-        Input::Path { path, .. } if path.is_file() => {
-            let file =
-                File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-            Ok(
-                import_file_with(BufReader::with_capacity(1 << 20, file), sink, leaves)
-                    .with_context(|| format!("cannot import {}", path.display()))?
-                    .cid,
-            )
+        Input::Path { path, options } => {
+            Ok(add::import_path_with(path, *options, sink, leaves)?.cid)
         }
-        Input::Path { path, options } => Ok(add::import_path(path, *options, sink)?.cid),
         Input::Car(path) => {
             let file =
                 File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
