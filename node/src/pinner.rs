@@ -271,7 +271,7 @@ pub struct PieceStatus {
     /// healthy, failed, unreachable or unknown.
     pub state: String,
     pub last_audit: Option<u64>,
-    /// passed, failed, too slow or unreachable.
+    /// passed, failed, too slow, late (excused) or unreachable.
     pub last_result: Option<String>,
     /// When the holder's term ends, unix seconds; 0 if not known yet.
     pub expires_at: u64,
@@ -347,6 +347,7 @@ fn outcome_name(o: Outcome) -> &'static str {
         Outcome::Passed { .. } => "passed",
         Outcome::Failed => "failed",
         Outcome::TooSlow => "too slow",
+        Outcome::Late => "late (excused)",
         Outcome::Unreachable => "unreachable",
     }
 }
@@ -570,9 +571,13 @@ async fn audit_due(
     let mut update = Update::default();
     while let Some((i, peer, outcome, bytes)) = outcomes.next().await {
         let now = net.now();
+        let rep = reps.entry(peer).or_default();
+        let outcome = rep.judge(now, outcome, &settings.upkeep);
+        *rep = rep.record(now, outcome, &settings.upkeep);
+        update.peers.push((peer, *rep));
         let row = &mut rows[i].1;
         row.state = match (outcome, row.state) {
-            (Outcome::Passed { .. }, _) => HolderState::Healthy,
+            (Outcome::Passed { .. } | Outcome::Late, _) => HolderState::Healthy,
             (Outcome::Failed | Outcome::TooSlow, _) => HolderState::Failed,
             (Outcome::Unreachable, HolderState::Unreachable { since }) => {
                 HolderState::Unreachable { since }
@@ -584,21 +589,22 @@ async fn audit_due(
             // Checked again well within the grace: a holder still down
             // when it ends no longer counts, and its pieces are repaired.
             Outcome::Unreachable => now + (settings.upkeep.offline_grace / 4).max(1),
+            Outcome::Late => upkeep::recheck_at(now, &settings.upkeep, rng),
             _ => upkeep::next_audit(now, &settings.upkeep, rng),
         };
-        let rep = reps
-            .entry(peer)
-            .or_default()
-            .record(now, outcome, &settings.upkeep);
-        reps.insert(peer, rep);
-        update.peers.push((peer, rep));
         update.pieces.push((*root, rows[i].0, rows[i].1.clone()));
         let c = &mut update.counters;
         c.audits += 1;
         c.audit_bytes += bytes;
-        if matches!(outcome, Outcome::Failed | Outcome::TooSlow) {
-            c.audits_failed += 1;
-            tracing::warn!(%peer, piece = %rows[i].1.piece, ?outcome, "holder failed an audit");
+        match outcome {
+            Outcome::Failed | Outcome::TooSlow => {
+                c.audits_failed += 1;
+                tracing::warn!(%peer, piece = %rows[i].1.piece, ?outcome, "holder failed an audit");
+            }
+            Outcome::Late => {
+                tracing::info!(%peer, piece = %rows[i].1.piece, "holder answered an audit late; excused once, audited again soon");
+            }
+            Outcome::Passed { .. } | Outcome::Unreachable => {}
         }
     }
     update

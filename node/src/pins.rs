@@ -331,6 +331,30 @@ mod tests {
     }
 
     #[test]
+    fn reputations_written_before_late_answers_were_kept_decode() {
+        #[derive(Serialize)]
+        struct Before {
+            updated: u64,
+            passed: f64,
+            failed: f64,
+            unreachable: f64,
+            answer_ms: f64,
+        }
+        let before = Before {
+            updated: 5,
+            passed: 2.0,
+            failed: 1.0,
+            unreachable: 0.5,
+            answer_ms: 9.0,
+        };
+        let rep: Reputation = decode(&encode(&before).expect("encode")).expect("decode");
+        assert_eq!(
+            (rep.updated, rep.passed, rep.failed, rep.late),
+            (5, 2.0, 1.0, 0.0)
+        );
+    }
+
+    #[test]
     fn pins_pieces_and_reputations_survive_a_reopen() {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("pins.redb");

@@ -84,10 +84,22 @@ impl Config {
 /// When to audit a piece next: `now` plus an exponential gap with mean
 /// `config.audit_every` (at least 1 s).
 pub fn next_audit(now: u64, config: &Config, rng: &mut impl Rng) -> u64 {
-    // -ln(U) × mean with U in (0, 1]: an exponential gap.
+    now + exponential(config.audit_every, rng)
+}
+
+/// When to audit again a piece whose holder was excused a late answer
+/// ([`Outcome::Late`]): like [`next_audit`] with an eighth of the mean, so
+/// a holder that rebuilt the piece for that audit cannot count on having
+/// long to drop it again.
+pub fn recheck_at(now: u64, config: &Config, rng: &mut impl Rng) -> u64 {
+    now + exponential(config.audit_every / 8, rng)
+}
+
+/// An exponential gap with `mean` seconds, at least 1 s.
+fn exponential(mean: u64, rng: &mut impl Rng) -> u64 {
+    // -ln(U) × mean with U in (0, 1]: memoryless, so never predictable.
     let u: f64 = 1.0 - rng.r#gen::<f64>();
-    let gap = -u.ln() * config.audit_every as f64;
-    now + (gap.round() as u64).max(1)
+    ((-u.ln() * mean as f64).round() as u64).max(1)
 }
 
 /// When to renew a piece whose term ends at `expires_at`, when renewals
@@ -110,6 +122,11 @@ pub enum Outcome {
     /// Connected, but no valid answer within the time limit: a holder that
     /// must first fetch or rebuild the piece.
     TooSlow,
+    /// Too slow, but excused: the peer had no other late answer within the
+    /// last half-life ([`Reputation::judge`]). An honest holder can stall
+    /// once (a busy disk, a busy core); its piece still counts and is
+    /// audited again soon ([`recheck_at`]), where a second late answer fails.
+    Late,
     /// The holder could not be reached: down, restarting or gone. Not a
     /// failure; it only lowers uptime.
     Unreachable,
@@ -125,6 +142,10 @@ pub struct Reputation {
     /// Failed and too-slow audits.
     pub failed: f64,
     pub unreachable: f64,
+    /// Late answers, excused or not. Absent in records written before it
+    /// was kept: none.
+    #[serde(default)]
+    pub late: f64,
     /// Mean answer time of passed audits, ms, weighted like the counts.
     pub answer_ms: f64,
 }
@@ -132,6 +153,9 @@ pub struct Reputation {
 /// A peer may receive pieces again once its failures have faded to this
 /// weight: one failure takes two half-lives.
 const FAILED_FORGIVEN: f64 = 0.25;
+/// A late answer is excused while the peer's earlier ones have faded to
+/// this weight: one late answer per half-life.
+const LATE_EXCUSED: f64 = 0.5;
 
 impl Reputation {
     /// The record as it stands at `now`.
@@ -143,7 +167,18 @@ impl Reputation {
             passed: self.passed * f,
             failed: self.failed * f,
             unreachable: self.unreachable * f,
+            late: self.late * f,
             answer_ms: self.answer_ms,
+        }
+    }
+
+    /// How an audit `outcome` at `now` counts for this peer: a too-slow
+    /// answer is [`Outcome::Late`] (excused) if the peer's earlier late
+    /// answers have faded; anything else is as it was.
+    pub fn judge(&self, now: u64, outcome: Outcome, config: &Config) -> Outcome {
+        match outcome {
+            Outcome::TooSlow if self.at(now, config).late <= LATE_EXCUSED => Outcome::Late,
+            other => other,
         }
     }
 
@@ -156,7 +191,12 @@ impl Reputation {
                 r.answer_ms = (r.answer_ms * w + f64::from(answer_ms)) / (w + 1.0);
                 r.passed += 1.0;
             }
-            Outcome::Failed | Outcome::TooSlow => r.failed += 1.0,
+            Outcome::Failed => r.failed += 1.0,
+            Outcome::TooSlow => {
+                r.failed += 1.0;
+                r.late += 1.0;
+            }
+            Outcome::Late => r.late += 1.0,
             Outcome::Unreachable => r.unreachable += 1.0,
         }
         r
@@ -368,11 +408,54 @@ mod tests {
         assert!(r.in_good_standing(2 * h, &config));
         let later = r.at(h, &config);
         assert!((later.failed - 0.5).abs() < 1e-9);
-        // Too slow counts as failing; unreachable does not.
+        // Too slow counts as failing, excused late does not; unreachable
+        // does not.
         let slow = Reputation::default().record(0, Outcome::TooSlow, &config);
         assert!(!slow.in_good_standing(0, &config));
+        let late = Reputation::default().record(0, Outcome::Late, &config);
+        assert!(late.in_good_standing(0, &config));
         let down = Reputation::default().record(0, Outcome::Unreachable, &config);
         assert!(down.in_good_standing(0, &config));
+    }
+
+    #[test]
+    fn one_late_answer_per_half_life_is_excused() {
+        let config = Config::default();
+        let h = config.half_life;
+        let slow = Outcome::TooSlow;
+        let pass = Outcome::Passed { answer_ms: 9 };
+        // An honest holder stalls once: excused, not a failure.
+        let mut r = Reputation::default().record(0, pass, &config);
+        assert_eq!(r.judge(10, slow, &config), Outcome::Late);
+        r = r.record(10, Outcome::Late, &config);
+        assert_eq!(r.failed, 0.0);
+        // Late again within the half-life, even after passing in between
+        // (a lazy holder that kept the rebuilt piece for the recheck):
+        // a failure.
+        r = r.record(20, pass, &config);
+        assert_eq!(r.judge(30, slow, &config), Outcome::TooSlow);
+        r = r.record(30, Outcome::TooSlow, &config);
+        assert!(!r.in_good_standing(30, &config));
+        // Excused again once the late answers have faded below one.
+        assert_eq!(r.judge(30 + h, slow, &config), Outcome::TooSlow);
+        assert_eq!(r.judge(30 + 2 * h, slow, &config), Outcome::Late);
+        // Other outcomes are as they were.
+        for o in [pass, Outcome::Failed, Outcome::Unreachable] {
+            assert_eq!(Reputation::default().judge(0, o, &config), o);
+        }
+    }
+
+    #[test]
+    fn rechecks_come_sooner_than_audits() {
+        let config = Config::default();
+        let mut rng = StdRng::seed_from_u64(2);
+        let n = 20_000;
+        let mean = (0..n)
+            .map(|_| recheck_at(1000, &config, &mut rng) - 1000)
+            .sum::<u64>() as f64
+            / n as f64;
+        let want = (config.audit_every / 8) as f64;
+        assert!((mean - want).abs() < want * 0.03, "mean {mean}");
     }
 
     #[test]

@@ -74,10 +74,14 @@ async fn a_lazy_node_fails_its_audits() -> Result<()> {
         !answers.is_empty() && answers.iter().all(|d| *d > allowance),
         "{answers:?}"
     );
+    // Every piece failed, though the first late answer was excused: its
+    // piece was checked again soon and was late again. An honest node may
+    // stall once on these shared cores; once is excused.
     let reps = pinner::reputations(&client)?;
     for (peer, rep) in &reps {
         if peer.to_string() == lazy_id {
             assert!(rep.failed >= pieces as f64 * 0.99, "{rep:?}");
+            assert!(rep.late - rep.failed > 0.9, "one excused: {rep:?}");
         } else {
             assert_eq!(rep.failed, 0.0, "honest {peer} never fails an audit");
         }
