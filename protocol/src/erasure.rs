@@ -128,8 +128,34 @@ pub fn encode_into(
         }
     }
     let (data, parity) = shards.split_at_mut(scheme.k as usize);
-    for col in (0..shard_len).step_by(COLUMN) {
-        let end = (col + COLUMN).min(shard_len);
+    let data: Vec<&[u8]> = data.iter().map(Vec::as_slice).collect();
+    code(&rs, &data, parity)
+}
+
+/// The `m` parity shards of `k` data shards of one length, as
+/// [`encode`] would code them.
+pub fn parity(scheme: Scheme, data: &[&[u8]]) -> Result<Vec<Vec<u8>>, ErasureError> {
+    let rs = scheme.codec()?;
+    if data.len() != scheme.k as usize {
+        return Err(ErasureError::ShardCount {
+            scheme,
+            have: data.len(),
+        });
+    }
+    let len = data.first().map_or(0, |d| d.len());
+    if len == 0 || data.iter().any(|d| d.len() != len) {
+        return Err(ErasureError::ShardLength);
+    }
+    let mut parity = vec![vec![0; len]; scheme.m as usize];
+    code(&rs, data, &mut parity)?;
+    Ok(parity)
+}
+
+/// Codes `parity` from `data`, all of one length, a column at a time.
+fn code(rs: &ReedSolomon, data: &[&[u8]], parity: &mut [Vec<u8>]) -> Result<(), ErasureError> {
+    let len = data.first().map_or(0, |d| d.len());
+    for col in (0..len).step_by(COLUMN) {
+        let end = (col + COLUMN).min(len);
         let data: Vec<&[u8]> = data.iter().map(|s| &s[col..end]).collect();
         let mut parity: Vec<&mut [u8]> = parity.iter_mut().map(|s| &mut s[col..end]).collect();
         rs.encode_sep(&data, &mut parity)
@@ -222,6 +248,21 @@ mod tests {
         assert_eq!(shards[0], &segment[..34]);
         assert_eq!(&shards[2][..32], &segment[68..]);
         assert_eq!(&shards[2][32..], [0, 0]);
+    }
+
+    #[test]
+    fn parity_of_data_slices_is_what_encode_codes() {
+        let scheme = Scheme { k: 3, m: 2 };
+        let segment: Vec<u8> = (0..3 * 40_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let shards = encode(scheme, &segment).expect("encode");
+        let data: Vec<&[u8]> = segment.chunks(40_000).collect();
+        assert_eq!(parity(scheme, &data).expect("parity"), shards[3..]);
+        assert_eq!(
+            parity(scheme, &data[..2]),
+            Err(ErasureError::ShardCount { scheme, have: 2 })
+        );
+        let uneven = [&segment[..10], &segment[..10], &segment[..9]];
+        assert_eq!(parity(scheme, &uneven), Err(ErasureError::ShardLength));
     }
 
     #[test]

@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::io;
 use std::ops::Range;
 
+use bytes::Bytes;
 use cid::Cid;
 use serde::{Deserialize, Serialize};
 
@@ -196,10 +197,11 @@ impl Manifest {
 }
 
 /// One coded segment: its index and its `k + m` pieces, data pieces first.
+/// The data pieces are slices of one buffer, the zero-padded segment.
 #[derive(Debug, Clone)]
 pub struct EncodedSegment {
     pub index: u64,
-    pub pieces: Vec<(Cid, Vec<u8>)>,
+    pub pieces: Vec<(Cid, Bytes)>,
 }
 
 /// Packs blocks into segments as an import produces them and codes each
@@ -233,10 +235,20 @@ impl<F: FnMut(EncodedSegment) -> io::Result<()>> Packer<F> {
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        let shards = erasure::encode(self.scheme, &self.buf).map_err(io::Error::other)?;
-        self.buf.clear();
-        let pieces: Vec<(Cid, Vec<u8>)> = shards
+        // The data shards are the segment cut in k, the last zero-padded
+        // (`erasure`): pad the buffer and slice it rather than copy it.
+        let k = self.scheme.k as usize;
+        let shard_len = self.scheme.shard_len(self.buf.len() as u64) as usize;
+        self.buf.resize(k * shard_len, 0);
+        let segment = Bytes::from(std::mem::take(&mut self.buf));
+        let data: Vec<Bytes> = (0..k)
+            .map(|i| segment.slice(i * shard_len..(i + 1) * shard_len))
+            .collect();
+        let slices: Vec<&[u8]> = data.iter().map(|d| d.as_ref()).collect();
+        let parity = erasure::parity(self.scheme, &slices).map_err(io::Error::other)?;
+        let pieces: Vec<(Cid, Bytes)> = data
             .into_iter()
+            .chain(parity.into_iter().map(Bytes::from))
             .map(|s| (block::piece_cid(&s), s))
             .collect();
         self.segments.push(pieces.iter().map(|p| p.0).collect());
@@ -296,7 +308,7 @@ mod tests {
         let mut segments = Vec::new();
         let mut packer = Packer::new(scheme, piece_size, |s: EncodedSegment| {
             assert_eq!(s.index as usize, segments.len());
-            segments.push(s.pieces.into_iter().map(|p| p.1).collect());
+            segments.push(s.pieces.into_iter().map(|p| p.1.to_vec()).collect());
             Ok(())
         })
         .expect("valid layout");

@@ -440,11 +440,7 @@ async fn place_segment(
         .iter()
         .map(|p| p.1.len() as u64)
         .sum();
-    let mut pieces: Vec<(Cid, Bytes)> = segment
-        .pieces
-        .into_iter()
-        .map(|(cid, data)| (cid, Bytes::from(data)))
-        .collect();
+    let mut pieces = segment.pieces;
     let mut plan = Placement::new(n, shared.candidates(pieces[0].0).await?);
     let mut attempts = FuturesUnordered::new();
     let attempt = |i: usize, peer: PeerId, (cid, data): (Cid, Bytes)| {
