@@ -569,10 +569,19 @@ async fn audit_due(
         })
         .buffer_unordered(settings.audits_in_flight.max(1));
     let mut update = Update::default();
+    // Late answers are judged by the records as these audits began: a
+    // holder that stalls once is late to every audit of it then in
+    // flight, and all of those are one stall.
+    let before = reps.clone();
     while let Some((i, peer, outcome, bytes)) = outcomes.next().await {
         let now = net.now();
+        let outcome =
+            before
+                .get(&peer)
+                .copied()
+                .unwrap_or_default()
+                .judge(now, outcome, &settings.upkeep);
         let rep = reps.entry(peer).or_default();
-        let outcome = rep.judge(now, outcome, &settings.upkeep);
         *rep = rep.record(now, outcome, &settings.upkeep);
         update.peers.push((peer, *rep));
         let row = &mut rows[i].1;

@@ -174,7 +174,8 @@ impl Reputation {
 
     /// How an audit `outcome` at `now` counts for this peer: a too-slow
     /// answer is [`Outcome::Late`] (excused) if the peer's earlier late
-    /// answers have faded; anything else is as it was.
+    /// answers have faded; anything else is as it was. The pinner judges the
+    /// answers to audits run together by the records as they began.
     pub fn judge(&self, now: u64, outcome: Outcome, config: &Config) -> Outcome {
         match outcome {
             Outcome::TooSlow if self.at(now, config).late <= LATE_EXCUSED => Outcome::Late,
