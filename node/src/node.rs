@@ -27,6 +27,7 @@ use tokio::task::JoinSet;
 
 use crate::identity;
 use crate::net::providers::{self, ProviderStore};
+use crate::net::relay_slots::{self, RelaySlots};
 use crate::net::{self, Behaviour, BehaviourEvent};
 use crate::pinner::{self, Pinning};
 use crate::pins::Pins;
@@ -598,7 +599,7 @@ impl Node {
             fault: config.fault,
             delay: Duration::ZERO,
             intercepted: None,
-            relayed: false,
+            relays: RelaySlots::default(),
             config,
         };
         let task = tokio::spawn(event_loop.run(shutdown_rx));
@@ -947,9 +948,9 @@ struct EventLoop {
     delay: Duration,
     /// Challenges for these pieces go to a fault test (`intercept_audits`).
     intercepted: Option<(HashSet<Cid>, mpsc::Sender<Challenge>)>,
-    /// Listening through the bootstrap peers' relays (once AutoNAT found
-    /// this node unreachable).
-    relayed: bool,
+    /// Slots on the bootstrap peers' relays, while AutoNAT finds this node
+    /// unreachable.
+    relays: RelaySlots,
     config: Config,
 }
 
@@ -967,6 +968,7 @@ impl EventLoop {
         let mut flush = tokio::time::interval(Duration::from_secs(60));
         loop {
             let next_round = self.announcer.next_round;
+            let relay_check = self.relays.next_check();
             tokio::select! {
                 stop = &mut shutdown => {
                     // In-memory listeners hold their port until removed.
@@ -984,6 +986,10 @@ impl EventLoop {
                 _ = expiry.tick() => self.expire(),
                 _ = flush.tick() => self.flush(),
                 () = sleep_until(next_round) => self.announcer.start_round(Instant::now()),
+                () = sleep_until(relay_check) => {
+                    let due = self.relays.due(Instant::now(), false);
+                    self.ask_relays(due);
+                }
                 Some(_) = self.jobs.join_next() => {}
             }
             self.announce();
@@ -1177,6 +1183,15 @@ impl EventLoop {
                 // The relay client confirms the circuit address as external
                 // (provider records carry it); the DHT mode stays client.
                 tracing::info!(relay = %relay_peer_id, "relay reservation accepted: reachable through the relay");
+                self.relays.accepted(relay_peer_id);
+            }
+            SwarmEvent::ListenerClosed {
+                listener_id,
+                reason,
+                ..
+            } if self.relays.closed(listener_id, Instant::now()) => {
+                let reason = reason.err().map_or("closed".into(), |e| e.to_string());
+                tracing::warn!(%reason, "relay slot lost; asking again in {:?}", relay_slots::WAIT);
             }
             SwarmEvent::ConnectionEstablished { peer_id, .. } => {
                 tracing::debug!(%peer_id, "connected");
@@ -1200,23 +1215,35 @@ impl EventLoop {
             autonat::NatStatus::Public(addr) => {
                 tracing::info!(%addr, "reachable from outside (AutoNAT)");
                 b.kad.set_mode(None);
+                for id in self.relays.drop_all() {
+                    self.swarm.remove_listener(id);
+                }
             }
             autonat::NatStatus::Private => {
                 tracing::info!(
                     "not reachable from outside (AutoNAT): DHT client, asking the bootstrap peers' relays for a slot"
                 );
                 b.kad.set_mode(Some(kad::Mode::Client));
-                if std::mem::replace(&mut self.relayed, true) {
-                    return;
-                }
-                for addr in self.config.bootstrap.clone() {
-                    let circuit = addr.with(Protocol::P2pCircuit);
-                    if let Err(e) = self.swarm.listen_on(circuit.clone()) {
-                        tracing::warn!(%circuit, error = %e, "cannot listen through relay");
-                    }
-                }
+                let wanted = self.relays.want(Instant::now(), &self.config.bootstrap);
+                self.ask_relays(wanted);
             }
             autonat::NatStatus::Unknown => {}
+        }
+    }
+
+    fn ask_relays(&mut self, actions: relay_slots::Actions) {
+        let now = Instant::now();
+        for id in actions.remove {
+            self.swarm.remove_listener(id);
+        }
+        for (relay, circuit) in actions.listen {
+            match self.swarm.listen_on(circuit.clone()) {
+                Ok(id) => self.relays.listening(relay, id, now),
+                Err(e) => {
+                    tracing::warn!(%circuit, error = %e, "cannot listen through relay");
+                    self.relays.failed(relay, now);
+                }
+            }
         }
     }
 

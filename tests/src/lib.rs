@@ -206,7 +206,15 @@ pub mod procs {
                 match self.stderr.recv_timeout(left) {
                     Ok(line) if matches(&line) => return Ok(line),
                     Ok(_) => {}
-                    Err(_) => bail!("no such log line within {limit:?}"),
+                    Err(_) => {
+                        let logs = self.logs();
+                        let tail: Vec<&str> = logs.lines().rev().take(80).collect();
+                        let tail: Vec<&str> = tail.into_iter().rev().collect();
+                        bail!(
+                            "no such log line within {limit:?}; the last lines of its log:\n{}",
+                            tail.join("\n")
+                        )
+                    }
                 }
             }
         }

@@ -117,17 +117,20 @@ fn an_unreachable_node_stays_a_dht_client_and_reserves_a_relay_slot() -> Result<
     let link = Link::new()?;
     let dir = tempfile::tempdir()?;
     let data = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
-    let boot = link.spawn(
-        &link.public,
-        &bin("cairn-bootstrap")?,
-        &[
-            "--data-dir",
-            &data("boot"),
-            "--listen",
-            "/ip4/11.77.0.1/tcp/4101",
-        ],
-        &dir.path().join("boot.log"),
-    )?;
+    let start_boot = |log: &str| {
+        link.spawn(
+            &link.public,
+            &bin("cairn-bootstrap")?,
+            &[
+                "--data-dir",
+                &data("boot"),
+                "--listen",
+                "/ip4/11.77.0.1/tcp/4101",
+            ],
+            &dir.path().join(log),
+        )
+    };
+    let mut boot = start_boot("boot.log")?;
     let boot_addr = boot.addrs[0].clone();
     ensure!(boot_addr.starts_with("/ip4/11.77.0.1/"), "{boot_addr}");
     let node = |ns: &str, name: &str, listen: &str| {
@@ -218,6 +221,16 @@ fn an_unreachable_node_stays_a_dht_client_and_reserves_a_relay_slot() -> Result<
     })?;
     boot.wait_log(LIMIT, |l| {
         l.contains("relay circuit opened") && l.contains(&a.peer_id)
+    })?;
+
+    // The bootstrap restarts, with the same identity and address: A's slot
+    // went with the connection, and A asks for one again.
+    boot.stop()?;
+    let boot = start_boot("boot-again.log")?;
+    a.wait_log(LIMIT, |l| l.contains("relay slot lost"))?;
+    a.wait_log(LIMIT, |l| l.contains("relay reservation accepted"))?;
+    boot.wait_log(LIMIT, |l| {
+        l.contains("relay slot reserved") && l.contains(&a.peer_id)
     })?;
     Ok(())
 }

@@ -3,6 +3,7 @@
 
 pub mod codec;
 pub mod providers;
+pub mod relay_slots;
 
 use std::time::Duration;
 
