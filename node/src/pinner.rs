@@ -572,15 +572,13 @@ async fn audit_due(
     // Late answers are judged by the records as these audits began: a
     // holder that stalls once is late to every audit of it then in
     // flight, and all of those are one stall.
-    let before = reps.clone();
+    let mut before: HashMap<PeerId, Reputation> = HashMap::new();
     while let Some((i, peer, outcome, bytes)) = outcomes.next().await {
         let now = net.now();
-        let outcome =
-            before
-                .get(&peer)
-                .copied()
-                .unwrap_or_default()
-                .judge(now, outcome, &settings.upkeep);
+        let outcome = before
+            .entry(peer)
+            .or_insert_with(|| reps.get(&peer).copied().unwrap_or_default())
+            .judge(now, outcome, &settings.upkeep);
         let rep = reps.entry(peer).or_default();
         *rep = rep.record(now, outcome, &settings.upkeep);
         update.peers.push((peer, *rep));
