@@ -208,8 +208,8 @@ pub mod procs {
                     Ok(_) => {}
                     Err(_) => {
                         let logs = self.logs();
-                        let tail: Vec<&str> = logs.lines().rev().take(80).collect();
-                        let tail: Vec<&str> = tail.into_iter().rev().collect();
+                        let lines: Vec<&str> = logs.lines().collect();
+                        let tail = &lines[lines.len().saturating_sub(80)..];
                         bail!(
                             "no such log line within {limit:?}; the last lines of its log:\n{}",
                             tail.join("\n")

@@ -27,6 +27,15 @@ struct Slot {
     accepted: bool,
 }
 
+impl Slot {
+    /// No listener since `now`: asked again [`WAIT`] later.
+    fn lost(&mut self, now: Instant) {
+        self.listener = None;
+        self.since = now;
+        self.accepted = false;
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct RelaySlots {
     slots: HashMap<PeerId, Slot>,
@@ -77,8 +86,7 @@ impl RelaySlots {
     /// A listen that failed at once counts as a listener that closed.
     pub fn failed(&mut self, relay: PeerId, now: Instant) {
         if let Some(s) = self.slots.get_mut(&relay) {
-            s.listener = None;
-            s.since = now;
+            s.lost(now);
         }
     }
 
@@ -92,9 +100,7 @@ impl RelaySlots {
     pub fn closed(&mut self, id: ListenerId, now: Instant) -> bool {
         match self.slots.values_mut().find(|s| s.listener == Some(id)) {
             Some(s) => {
-                s.listener = None;
-                s.since = now;
-                s.accepted = false;
+                s.lost(now);
                 true
             }
             None => false,
