@@ -9,13 +9,13 @@
 //! the nodes.
 #![allow(clippy::print_stdout, clippy::unwrap_used)]
 
-use std::io::{BufRead as _, BufReader, Write as _};
-use std::process::{Child, Command, Stdio};
+use std::io::Write as _;
+use std::process::{Command, Stdio};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result, bail, ensure};
-use cairn_tests::procs::bin;
+use anyhow::{Context as _, Result, ensure};
+use cairn_tests::procs::{Devnet, bin};
 use futures::future::poll_fn;
 use futures::{AsyncReadExt as _, AsyncWriteExt as _, StreamExt as _};
 use libp2p::core::muxing::{StreamMuxerBox, StreamMuxerExt as _, SubstreamBox};
@@ -142,51 +142,6 @@ async fn one_stream(bytes: u64) -> Result<f64> {
 
 // ---- the network and the commands ----
 
-struct Devnet {
-    child: Child,
-    bootstrap: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Devnet {
-    fn start(nodes: u64) -> Result<Devnet> {
-        let dir = tempfile::tempdir()?;
-        let mut child = Command::new(bin("cairn")?)
-            .args([
-                "devnet",
-                "--nodes",
-                &nodes.to_string(),
-                "--capacity",
-                "8GiB",
-            ])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()?;
-        let out = BufReader::new(child.stdout.take().context("stdout")?);
-        for line in out.lines() {
-            if let Some(addr) = line?.trim().strip_prefix("export CAIRN_BOOTSTRAP=") {
-                return Ok(Devnet {
-                    child,
-                    bootstrap: addr.to_owned(),
-                    _dir: dir,
-                });
-            }
-        }
-        bail!("cairn devnet exited before printing its bootstrap address")
-    }
-}
-
-impl Drop for Devnet {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-    }
-}
-
 /// Peak RSS of `pid` so far, from /proc.
 fn peak_rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -268,7 +223,7 @@ fn main() -> Result<()> {
         out.into_inner()?.sync_all()?;
     }
 
-    let net = Devnet::start(nodes)?;
+    let net = Devnet::start(nodes, "8GiB")?;
     let path = file.to_str().context("utf-8 path")?;
     let (secs, rss, cid) = timed(&net, &["add", "--quiet", path])?;
     report("add", bytes, secs, rss, limit, 0.4);

@@ -2,7 +2,8 @@
 
 pub mod reference {
     //! Drives the IPFS ecosystem's reference implementations (`js/ref.mjs`:
-    //! ipfs-unixfs-importer, @ipld/car, ipfs-unixfs-exporter) with Node.js.
+    //! ipfs-unixfs-importer, @ipld/car, ipfs-unixfs-exporter) and js-libp2p
+    //! (`js/interop.mjs`) with Node.js.
     //! `scripts/test` installs them; a test that needs them fails with that
     //! advice when they are missing.
 
@@ -17,6 +18,12 @@ pub mod reference {
 
     /// Runs `node ref.mjs ARGS` and parses its JSON answer.
     pub fn run(args: &[&str]) -> Result<serde_json::Value> {
+        script("ref.mjs", args)
+    }
+
+    /// Runs `node SCRIPT ARGS` (a script in `js/`) and parses the JSON it
+    /// prints.
+    pub fn script(name: &str, args: &[&str]) -> Result<serde_json::Value> {
         let dir = js_dir();
         ensure!(
             dir.join("node_modules/ipfs-unixfs-importer").is_dir(),
@@ -24,18 +31,18 @@ pub mod reference {
             dir.display()
         );
         let out = Command::new("node")
-            .arg(dir.join("ref.mjs"))
+            .arg(dir.join(name))
             .args(args)
             .output()
             .context("cannot run node: install Node.js to run the compatibility tests")?;
         if !out.status.success() {
             bail!(
-                "reference `{}` failed: {}",
+                "`node {name} {}` failed: {}",
                 args.join(" "),
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        serde_json::from_slice(&out.stdout).context("reference printed no JSON")
+        serde_json::from_slice(&out.stdout).with_context(|| format!("{name} printed no JSON"))
     }
 
     /// Root CIDs the reference importer gives each file.
@@ -228,6 +235,78 @@ pub mod procs {
     impl Drop for Proc {
         fn drop(&mut self) {
             let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    /// `cairn devnet` in a temporary directory, stopped with SIGTERM when
+    /// dropped.
+    pub struct Devnet {
+        child: Child,
+        /// The bootstrap node's address, as `CAIRN_BOOTSTRAP` takes it.
+        pub bootstrap: String,
+        /// The storage nodes' addresses, in order.
+        pub nodes: Vec<String>,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Devnet {
+        /// Starts `nodes` storage nodes of `capacity` (such as "8GiB") each and
+        /// waits until the devnet prints its bootstrap address.
+        pub fn start(nodes: u64, capacity: &str) -> Result<Devnet> {
+            let dir = tempfile::tempdir()?;
+            let mut child = Command::new(bin("cairn")?)
+                .args(["devnet", "--nodes", &nodes.to_string()])
+                .args(["--capacity", capacity])
+                .arg("--dir")
+                .arg(dir.path())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()?;
+            let out = BufReader::new(child.stdout.take().context("stdout")?);
+            let mut addrs = Vec::new();
+            for line in out.lines() {
+                let line = line?;
+                let line = line.trim();
+                if let Some(addr) = line.strip_prefix("export CAIRN_BOOTSTRAP=") {
+                    return Ok(Devnet {
+                        child,
+                        bootstrap: addr.to_owned(),
+                        nodes: addrs,
+                        _dir: dir,
+                    });
+                }
+                if let Some(("node", _)) = line.split_once('-')
+                    && let Some(addr) = line.split_whitespace().nth(1)
+                {
+                    addrs.push(addr.to_owned());
+                }
+            }
+            bail!("cairn devnet exited before printing its bootstrap address")
+        }
+
+        /// `cairn ARGS` against the devnet: its stdout, trimmed.
+        pub fn cairn(&self, args: &[&str]) -> Result<String> {
+            let out = Command::new(bin("cairn")?)
+                .args(args)
+                .env("CAIRN_BOOTSTRAP", &self.bootstrap)
+                .output()?;
+            if !out.status.success() {
+                bail!(
+                    "cairn {} failed: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+        }
+    }
+
+    impl Drop for Devnet {
+        fn drop(&mut self) {
+            let _ = Command::new("kill")
+                .args(["-TERM", &self.child.id().to_string()])
+                .status();
             let _ = self.child.wait();
         }
     }
