@@ -89,19 +89,16 @@ async function ask (message, variant) {
 
 const out = {}
 step('dial')
+const identified = new Promise(resolve => node.addEventListener('peer:identify', evt => {
+  if (peers[0].toString().endsWith(`/p2p/${evt.detail.peerId}`)) resolve()
+}))
 const conn = await node.dial(peers[0])
 step('identify')
-// Identify runs on connect; its answer lands in the peer store.
-for (let i = 0; i < 200 && out.agent === undefined; i++) {
-  const peer = await node.peerStore.get(conn.remotePeer)
-  const agent = peer.metadata.get('AgentVersion')
-  if (agent !== undefined && peer.protocols.length > 0) {
-    out.agent = new TextDecoder().decode(agent)
-    out.protocols = peer.protocols
-  } else {
-    await new Promise(resolve => setTimeout(resolve, 50))
-  }
-}
+// Identify runs on connect; its result lands in the peer store.
+await identified
+const peer = await node.peerStore.get(conn.remotePeer)
+out.agent = new TextDecoder().decode(peer.metadata.get('AgentVersion'))
+out.protocols = peer.protocols
 step('kad lookup')
 const closest = new Set()
 for await (const event of node.services.dht.getClosestPeers(root.bytes)) {

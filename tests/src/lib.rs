@@ -276,7 +276,8 @@ pub mod procs {
                         _dir: dir,
                     });
                 }
-                if let Some(("node", _)) = line.split_once('-')
+                // "node-01    /ip4/…/p2p/…"
+                if line.starts_with("node-")
                     && let Some(addr) = line.split_whitespace().nth(1)
                 {
                     addrs.push(addr.to_owned());
