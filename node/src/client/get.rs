@@ -61,6 +61,8 @@ pub struct GetStats {
     /// Segments fetched again, every piece checked, after a block in them
     /// did not match its CID.
     pub rechecked: u64,
+    /// Provider lookups made: none while the holders the manifest names serve.
+    pub lookups: u64,
 }
 
 /// No node has a manifest of this content.
@@ -388,10 +390,11 @@ impl NetSource<'_> {
         let size = self.content.manifest.segment_size();
         let seg = index * size..(index + 1) * size;
         for (cid, at) in &self.inner_at {
-            if at.start < seg.end && seg.start < at.end {
-                if let Some(b) = self.inner.remove(cid) {
-                    self.inner_bytes -= b.len();
-                }
+            if at.start < seg.end
+                && seg.start < at.end
+                && let Some(b) = self.inner.remove(cid)
+            {
+                self.inner_bytes -= b.len();
             }
         }
         self.checked.insert(index);
@@ -496,12 +499,17 @@ async fn fetch_segment(
     let piece_len = manifest.piece_len(index);
     let asking: Arc<Mutex<HashMap<usize, PeerId>>> = Arc::default();
     let attempt = |i: usize| {
-        let (net, stats, asking, cid) = (net.clone(), stats.clone(), asking.clone(), cids[i]);
-        async move {
-            let check = check_data || i >= k;
-            let result = fetch_piece(&net, cid, piece_len, check, i, &asking, &stats).await;
-            (i, result)
-        }
+        let (net, stats, asking) = (net.clone(), stats.clone(), asking.clone());
+        let want = Want {
+            cid: cids[i],
+            len: piece_len,
+            check: check_data || i >= k,
+            hint: manifest
+                .holder(index as usize, i)
+                .and_then(|h| PeerId::from_bytes(h).ok())
+                .filter(|p| *p != net.peer_id()),
+        };
+        async move { (i, fetch_piece(&net, want, i, &asking, &stats).await) }
     };
     let mut attempts = FuturesUnordered::new();
     let mut started: HashMap<usize, Instant> = HashMap::new();
@@ -616,49 +624,71 @@ impl Holders for Handle {
     }
 }
 
-/// One piece from any of its holders, checked against its CID if `check`
-/// (else only its length). The holders come from a lookup that ends at the
-/// first answer (fewer requests, sooner); a full lookup finds the others
-/// should none of those serve it.
-async fn fetch_piece(
-    net: &impl Holders,
+/// A piece to fetch: its CID and length, whether to check it against the
+/// CID (else only its length), and the node the manifest names as holder.
+struct Want {
     cid: Cid,
     len: u64,
     check: bool,
+    hint: Option<PeerId>,
+}
+
+/// One piece from the node the manifest names, else from any holder the
+/// DHT names: first from a lookup that ends at the first answer (fewer
+/// requests, sooner), then from a full lookup should none of those serve it.
+async fn fetch_piece(
+    net: &impl Holders,
+    want: Want,
     i: usize,
     asking: &Mutex<HashMap<usize, PeerId>>,
     stats: &Mutex<GetStats>,
 ) -> Result<Bytes> {
+    let cid = want.cid;
     let mut tried = HashSet::new();
     let mut last = String::new();
+    let mut ask = async |peer: PeerId| -> Option<Bytes> {
+        if !tried.insert(peer) {
+            return None;
+        }
+        lock(asking).insert(i, peer);
+        match net.piece(peer, cid).await {
+            Ok(FetchResponse::PieceV1 { data })
+                if data.len() as u64 == want.len
+                    && (!want.check || block::verify(&cid, &data).is_ok()) =>
+            {
+                return Some(data);
+            }
+            Ok(FetchResponse::PieceV1 { .. }) => {
+                tracing::warn!(%peer, piece = %cid, "holder sent bytes that do not match the piece CID; dropping it");
+                lock(stats).dropped.insert(peer);
+                last = format!("{peer} sent bad bytes");
+            }
+            Ok(other) => last = format!("{peer} answered {other:?}"),
+            Err(e) => last = format!("{e}"),
+        }
+        None
+    };
+    if let Some(peer) = want.hint
+        && let Some(data) = ask(peer).await
+    {
+        return Ok(data);
+    }
     for full in [false, true] {
+        lock(stats).lookups += 1;
         let holders = net
             .holders(cid, full)
             .await
             .context("provider lookup failed")?;
         // A quick lookup that found none ran its full course.
         if holders.is_empty() && !full {
-            bail!("no node holds it");
+            match want.hint {
+                Some(_) => bail!("no node holds it (the one the manifest names: {last})"),
+                None => bail!("no node holds it"),
+            }
         }
         for peer in holders {
-            if !tried.insert(peer) {
-                continue;
-            }
-            lock(asking).insert(i, peer);
-            match net.piece(peer, cid).await {
-                Ok(FetchResponse::PieceV1 { data })
-                    if data.len() as u64 == len
-                        && (!check || block::verify(&cid, &data).is_ok()) =>
-                {
-                    return Ok(data);
-                }
-                Ok(FetchResponse::PieceV1 { .. }) => {
-                    tracing::warn!(%peer, piece = %cid, "holder sent bytes that do not match the piece CID; dropping it");
-                    lock(stats).dropped.insert(peer);
-                    last = format!("{peer} sent bad bytes");
-                }
-                Ok(other) => last = format!("{peer} answered {other:?}"),
-                Err(e) => last = format!("{e}"),
+            if let Some(data) = ask(peer).await {
+                return Ok(data);
             }
         }
     }
@@ -705,19 +735,70 @@ mod tests {
     }
 
     async fn fetch(net: &Net, piece: &Bytes) -> (Result<Bytes>, GetStats) {
-        let cid = block::piece_cid(piece);
+        fetch_hinted(net, piece, None).await
+    }
+
+    async fn fetch_hinted(
+        net: &Net,
+        piece: &Bytes,
+        hint: Option<PeerId>,
+    ) -> (Result<Bytes>, GetStats) {
+        let want = Want {
+            cid: block::piece_cid(piece),
+            len: piece.len() as u64,
+            check: true,
+            hint,
+        };
         let stats = Mutex::default();
-        let got = fetch_piece(
-            net,
-            cid,
-            piece.len() as u64,
-            true,
-            0,
-            &Mutex::default(),
-            &stats,
-        )
-        .await;
+        let got = fetch_piece(net, want, 0, &Mutex::default(), &stats).await;
         (got, lock(&stats).clone())
+    }
+
+    #[tokio::test]
+    async fn the_holder_the_manifest_names_is_asked_before_any_lookup() {
+        let piece = Bytes::from(vec![7u8; 1000]);
+        let (hinted, other) = (PeerId::random(), PeerId::random());
+        let net = Net::new(&[other], &[other], &[(hinted, &piece), (other, &piece)]);
+        let (got, stats) = fetch_hinted(&net, &piece, Some(hinted)).await;
+        assert_eq!(got.expect("fetched"), piece);
+        assert_eq!(stats.lookups, 0);
+        assert_eq!(lock(&net.asked).as_slice(), [format!("fetch {hinted}")]);
+    }
+
+    #[tokio::test]
+    async fn a_stale_or_lying_hint_falls_back_to_the_dht() {
+        let piece = Bytes::from(vec![7u8; 1000]);
+        let garbage = Bytes::from(vec![8u8; 1000]);
+        let (stale, liar, good) = (PeerId::random(), PeerId::random(), PeerId::random());
+        for (hint, dropped) in [(stale, BTreeSet::new()), (liar, BTreeSet::from([liar]))] {
+            // The hinted node is among those the lookup names: not asked twice.
+            let net = Net::new(&[hint, good], &[good], &[(liar, &garbage), (good, &piece)]);
+            let (got, stats) = fetch_hinted(&net, &piece, Some(hint)).await;
+            assert_eq!(got.expect("fetched"), piece);
+            assert_eq!(stats.lookups, 1);
+            assert_eq!(stats.dropped, dropped);
+            let asked = lock(&net.asked).clone();
+            assert_eq!(
+                asked,
+                [
+                    format!("fetch {hint}"),
+                    "lookup full=false".into(),
+                    format!("fetch {good}")
+                ]
+            );
+        }
+        // A hint that fails and a network that knows no holder: the error
+        // says what the hinted node answered.
+        let net = Net::new(&[], &[], &[]);
+        let err = fetch_hinted(&net, &piece, Some(stale))
+            .await
+            .0
+            .expect_err("nobody");
+        assert!(
+            err.to_string().contains("the one the manifest names"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("NotFoundV1"), "{err}");
     }
 
     #[tokio::test]

@@ -189,7 +189,7 @@ pub async fn add(
             else => break,
         }
     }
-    let manifest = match packing.await.context("import task failed")? {
+    let mut manifest = match packing.await.context("import task failed")? {
         Ok(m) => m,
         Err(e) => return Err(e.context("cannot import the content")),
     };
@@ -199,6 +199,17 @@ pub async fn add(
             manifest.root
         );
     }
+    // A get asks these nodes first, before any DHT lookup.
+    manifest.holders = holders
+        .iter()
+        .map(|segment| {
+            let hint = |p: &Option<PeerId>| p.map(|p| serde_bytes::ByteBuf::from(p.to_bytes()));
+            segment.iter().map(hint).collect()
+        })
+        .collect();
+    manifest
+        .validate()
+        .context("the placement does not fit the manifest")?;
     let (bytes, cid) = manifest.encode_with_cid();
     let bytes = Bytes::from(bytes);
     let manifest_holders = store_manifest(
