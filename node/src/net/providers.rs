@@ -9,8 +9,13 @@
 //!   no longer announced. `provided()` is empty; the node's announcer
 //!   republishes from the piece index at its own pace.
 //! - Value records (unused by Cairn) stay in a small in-memory store.
+//! - Records arrive one message each; they are written in batches of up to
+//!   [`PENDING`] (one redb transaction each) and on every flush, and read
+//!   from both the batch and the table meanwhile. A crash loses what was not
+//!   flushed, as with redb's non-durable commits.
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -18,12 +23,17 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use libp2p::kad::store::{Error as KadError, MemoryStore, RecordStore, Result as KadResult};
 use libp2p::kad::{ProviderRecord, Record, RecordKey};
 use libp2p::{Multiaddr, PeerId};
-use redb::{Database, Durability, ReadableDatabase as _, ReadableTable as _, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase as _, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use crate::store::Store;
 
 const PROVIDERS: TableDefinition<(&[u8], &[u8]), &[u8]> = TableDefinition::new("providers-0");
+/// Records held in memory before they are written in one transaction.
+pub const PENDING: usize = 1024;
+
+/// (key, provider peer ID) → encoded [`Stored`].
+type Pending = BTreeMap<(Vec<u8>, Vec<u8>), Vec<u8>>;
 
 /// A provider record as stored (DAG-CBOR).
 #[derive(Debug, Serialize, Deserialize)]
@@ -58,7 +68,10 @@ pub struct ProviderStore {
     db: Arc<Database>,
     pieces: Option<Arc<Store>>,
     limits: Limits,
+    /// Records held, in the table or pending.
     records: u64,
+    /// Written or refreshed since the last batch; may shadow table rows.
+    pending: Pending,
     values: MemoryStore,
 }
 
@@ -92,6 +105,7 @@ impl ProviderStore {
             pieces,
             limits,
             records,
+            pending: Pending::new(),
             values: MemoryStore::new(local),
         })
     }
@@ -103,15 +117,49 @@ impl ProviderStore {
 
     /// Makes every write so far durable (the writes kad makes are not, one
     /// by one: a lost provider record is re-announced by its provider).
-    pub fn flush(&self) -> Result<(), redb::Error> {
+    pub fn flush(&mut self) -> Result<(), redb::Error> {
+        self.write_pending(Durability::Immediate)
+    }
+
+    /// Writes the pending records in one transaction.
+    fn write_pending(&mut self, durability: Durability) -> Result<(), redb::Error> {
         let mut txn = self.db.begin_write()?;
-        txn.set_durability(Durability::Immediate)?;
+        txn.set_durability(durability)?;
+        {
+            let mut table = txn.open_table(PROVIDERS)?;
+            for ((key, provider), value) in &self.pending {
+                table.insert((key.as_slice(), provider.as_slice()), value.as_slice())?;
+            }
+        }
         txn.commit()?;
+        self.pending.clear();
         Ok(())
+    }
+
+    /// Providers of `key` with their encoded records, pending ones first.
+    fn of_key(&self, key: &[u8]) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, redb::Error> {
+        let mut out: BTreeMap<Vec<u8>, Vec<u8>> = self
+            .pending
+            .range((key.to_vec(), Vec::new())..)
+            .take_while(|((k, _), _)| k == key)
+            .map(|((_, p), v)| (p.clone(), v.clone()))
+            .collect();
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(PROVIDERS)?;
+        for entry in table.range((key, &[][..])..)? {
+            let (k, v) = entry?;
+            if k.value().0 != key {
+                break;
+            }
+            out.entry(k.value().1.to_vec())
+                .or_insert_with(|| v.value().to_vec());
+        }
+        Ok(out)
     }
 
     /// Deletes expired records; returns how many.
     pub fn expire(&mut self, now: u64) -> Result<u64, redb::Error> {
+        self.write_pending(Durability::None)?;
         let txn = self.db.begin_write()?;
         let removed = {
             let mut table = txn.open_table(PROVIDERS)?;
@@ -131,21 +179,6 @@ impl ProviderStore {
         txn.commit()?;
         self.records = self.records.saturating_sub(removed);
         Ok(removed)
-    }
-
-    fn write(
-        &mut self,
-        f: impl FnOnce(&mut redb::Table<(&[u8], &[u8]), &[u8]>) -> Result<i64, redb::Error>,
-    ) -> Result<(), redb::Error> {
-        let mut txn = self.db.begin_write()?;
-        txn.set_durability(Durability::None)?;
-        let delta = {
-            let mut table = txn.open_table(PROVIDERS)?;
-            f(&mut table)?
-        };
-        txn.commit()?;
-        self.records = self.records.saturating_add_signed(delta);
-        Ok(())
     }
 
     fn local_record(&self, key: &RecordKey) -> Option<ProviderRecord> {
@@ -198,70 +231,61 @@ impl RecordStore for ProviderStore {
                 .collect(),
         };
         let value = serde_ipld_dagcbor::to_vec(&value).map_err(|_| KadError::ValueTooLarge)?;
-        let provider = record.provider.to_bytes();
-        let (max_records, max_per_key) = (self.limits.max_records, self.limits.max_per_key);
-        let full = self.records >= max_records;
-        let result = self.write(|table| {
-            let key = record.key.as_ref();
-            let known = table.get((key, provider.as_slice()))?.is_some();
-            if !known {
-                let per_key = table
-                    .range((key, &[][..])..)?
-                    .take_while(|e| e.as_ref().is_ok_and(|(k, _)| k.value().0 == key))
-                    .count();
-                if full || per_key >= max_per_key {
-                    return Ok(0);
-                }
-            }
-            table.insert((key, provider.as_slice()), value.as_slice())?;
-            Ok(if known { 0 } else { 1 })
-        });
-        match result {
-            Ok(()) if full => Err(KadError::MaxRecords),
-            Ok(()) => Ok(()),
+        let id = (record.key.to_vec(), record.provider.to_bytes());
+        let held = match self.of_key(&id.0) {
+            Ok(held) => held,
             Err(e) => {
-                tracing::warn!(error = %e, "could not store a provider record");
-                Err(KadError::MaxRecords)
+                tracing::warn!(error = %e, "could not read provider records");
+                return Err(KadError::MaxRecords);
             }
+        };
+        let known = held.contains_key(&id.1);
+        if !known {
+            if self.records >= self.limits.max_records {
+                return Err(KadError::MaxRecords);
+            }
+            if held.len() >= self.limits.max_per_key {
+                return Ok(());
+            }
+            self.records += 1;
         }
+        self.pending.insert(id, value);
+        if self.pending.len() >= PENDING
+            && let Err(e) = self.write_pending(Durability::None)
+        {
+            tracing::warn!(error = %e, "could not store provider records");
+        }
+        Ok(())
     }
 
     fn providers(&self, key: &RecordKey) -> Vec<ProviderRecord> {
         let mut out: Vec<ProviderRecord> = self.local_record(key).into_iter().collect();
-        let read = || -> Result<Vec<ProviderRecord>, redb::Error> {
-            let (now, unix) = (Instant::now(), unix_now());
-            let txn = self.db.begin_read()?;
-            let table = txn.open_table(PROVIDERS)?;
-            let mut found = Vec::new();
-            for entry in table.range((key.as_ref(), &[][..])..)? {
-                let (k, v) = entry?;
-                let (k, v) = (k.value(), v.value());
-                if k.0 != key.as_ref() || found.len() >= self.limits.max_per_key {
-                    break;
-                }
-                let (Ok(provider), Ok(stored)) = (
-                    PeerId::from_bytes(k.1),
-                    serde_ipld_dagcbor::from_slice::<Stored>(v),
-                ) else {
-                    continue;
-                };
-                let left = Duration::from_secs(stored.expires_at.saturating_sub(unix));
-                found.push(ProviderRecord {
-                    key: key.clone(),
-                    provider,
-                    expires: now.checked_add(left),
-                    addresses: stored
-                        .addrs
-                        .iter()
-                        .filter_map(|a| Multiaddr::try_from(a.to_vec()).ok())
-                        .collect(),
-                });
+        let held = match self.of_key(key.as_ref()) {
+            Ok(held) => held,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read provider records");
+                return out;
             }
-            Ok(found)
         };
-        match read() {
-            Ok(found) => out.extend(found),
-            Err(e) => tracing::warn!(error = %e, "could not read provider records"),
+        let (now, unix) = (Instant::now(), unix_now());
+        for (provider, value) in held.iter().take(self.limits.max_per_key) {
+            let (Ok(provider), Ok(stored)) = (
+                PeerId::from_bytes(provider),
+                serde_ipld_dagcbor::from_slice::<Stored>(value),
+            ) else {
+                continue;
+            };
+            let left = Duration::from_secs(stored.expires_at.saturating_sub(unix));
+            out.push(ProviderRecord {
+                key: key.clone(),
+                provider,
+                expires: now.checked_add(left),
+                addresses: stored
+                    .addrs
+                    .iter()
+                    .filter_map(|a| Multiaddr::try_from(a.to_vec()).ok())
+                    .collect(),
+            });
         }
         out
     }
@@ -274,13 +298,24 @@ impl RecordStore for ProviderStore {
         if *p == self.local {
             return;
         }
-        let provider = p.to_bytes();
-        let result = self.write(|table| {
-            let removed = table.remove((k.as_ref(), provider.as_slice()))?.is_some();
-            Ok(-i64::from(removed))
-        });
-        if let Err(e) = result {
-            tracing::warn!(error = %e, "could not remove a provider record");
+        let (key, provider) = (k.as_ref(), p.to_bytes());
+        let pending = self.pending.remove(&(key.to_vec(), provider.clone()));
+        let removed = || -> Result<bool, redb::Error> {
+            let mut txn = self.db.begin_write()?;
+            txn.set_durability(Durability::None)?;
+            let removed = txn
+                .open_table(PROVIDERS)?
+                .remove((key, provider.as_slice()))?
+                .is_some();
+            txn.commit()?;
+            Ok(removed)
+        };
+        match removed() {
+            Ok(removed) if removed || pending.is_some() => {
+                self.records = self.records.saturating_sub(1);
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "could not remove a provider record"),
         }
     }
 }
@@ -336,5 +371,50 @@ mod tests {
         assert_eq!(store.expire(unix_now() + 7200).expect("expire"), 2);
         assert!(store.providers(&key).is_empty());
         assert_eq!(store.records(), 0);
+    }
+
+    #[test]
+    fn records_are_written_in_batches_and_read_meanwhile() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("providers.redb");
+        let local = PeerId::random();
+        let key = RecordKey::new(b"piece");
+        let limits = Limits {
+            max_per_key: 2,
+            ..Limits::default()
+        };
+        let peers: Vec<PeerId> = (0..3).map(|_| PeerId::random()).collect();
+        let hour = Duration::from_secs(3600);
+        {
+            let mut store = ProviderStore::open(&path, local, None, limits.clone()).expect("open");
+            for p in &peers {
+                store.add_provider(record(&key, *p, hour)).expect("add");
+            }
+            // Pending records count against the per-key limit and are served.
+            assert_eq!(store.records(), 2);
+            let found: Vec<PeerId> = store.providers(&key).iter().map(|r| r.provider).collect();
+            assert_eq!(found.len(), 2);
+            assert!(found.iter().all(|p| peers[..2].contains(p)));
+            // Dropped unflushed, as in a crash: nothing was written yet.
+        }
+        let mut store = ProviderStore::open(&path, local, None, limits).expect("reopen");
+        assert_eq!(store.records(), 0);
+        assert!(store.providers(&key).is_empty());
+        // A full batch is written in one go, without a flush.
+        for i in 0..PENDING {
+            let key = RecordKey::new(&i.to_be_bytes());
+            store
+                .add_provider(record(&key, peers[0], hour))
+                .expect("add");
+        }
+        drop(store);
+        let store = ProviderStore::open(&path, local, None, Limits::default()).expect("reopen");
+        assert_eq!(store.records(), PENDING as u64);
+        assert_eq!(
+            store
+                .providers(&RecordKey::new(&7usize.to_be_bytes()))
+                .len(),
+            1
+        );
     }
 }
