@@ -257,6 +257,29 @@ async fn sizes_directories_and_cars_round_trip() -> Result<()> {
         !out.status.success() && err.contains("unknown to the network"),
         "{err}"
     );
+    // A bootstrap address nothing listens on is not "unknown to the network".
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let peer = net
+        .bootstrap()
+        .rsplit('/')
+        .next()
+        .context("bootstrap peer ID")?;
+    let out = Command::new(&cairn)
+        .args(["cat", &cid])
+        .env(
+            "CAIRN_BOOTSTRAP",
+            format!("/ip4/127.0.0.1/tcp/{closed}/p2p/{peer}"),
+        )
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success()
+            && err.contains("cannot reach the network")
+            && err.contains("Connection refused"),
+        "{err}"
+    );
     client.stop().await;
     drop(net);
     Ok(())

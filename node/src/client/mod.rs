@@ -96,9 +96,33 @@ pub async fn ephemeral(
     let mut config = crate::node::Config::new(dir.path().to_path_buf());
     config.capacity = 0;
     config.listen = Vec::new();
-    config.bootstrap = bootstrap;
+    config.bootstrap = bootstrap.clone();
     let node = crate::node::Node::start(config)
         .await
         .context("cannot start the client")?;
+    // Reaching no bootstrap peer would show as every CID unknown and every
+    // add short of nodes: say what is wrong instead.
+    let reach = |addr: &libp2p::Multiaddr| {
+        let (handle, addr) = (node.handle.clone(), addr.clone());
+        async move {
+            // Node::start refused addresses without one.
+            let Some(libp2p::multiaddr::Protocol::P2p(peer)) = addr.iter().last() else {
+                return Err(format!("{addr} names no peer"));
+            };
+            handle
+                .connect(peer)
+                .await
+                .map_err(|e| format!("{addr}: {e}"))
+        }
+    };
+    let tries = futures::future::join_all(bootstrap.iter().map(reach)).await;
+    if !tries.iter().any(Result::is_ok) {
+        node.stop().await;
+        let errors: Vec<String> = tries.into_iter().filter_map(Result::err).collect();
+        anyhow::bail!(
+            "cannot reach the network: no bootstrap peer answered ({}). Is it running (`cairn devnet` prints its current address)?",
+            errors.join("; ")
+        );
+    }
     Ok((node, dir))
 }
