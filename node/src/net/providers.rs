@@ -247,14 +247,16 @@ impl RecordStore for ProviderStore {
             if held.len() >= self.limits.max_per_key {
                 return Ok(());
             }
-            self.records += 1;
         }
-        self.pending.insert(id, value);
+        // The batch never grows past PENDING, even while writes fail.
         if self.pending.len() >= PENDING
             && let Err(e) = self.write_pending(Durability::None)
         {
             tracing::warn!(error = %e, "could not store provider records");
+            return Err(KadError::MaxRecords);
         }
+        self.records += u64::from(!known);
+        self.pending.insert(id, value);
         Ok(())
     }
 
@@ -400,8 +402,9 @@ mod tests {
         let mut store = ProviderStore::open(&path, local, None, limits).expect("reopen");
         assert_eq!(store.records(), 0);
         assert!(store.providers(&key).is_empty());
-        // A full batch is written in one go, without a flush.
-        for i in 0..PENDING {
+        // A full batch is written in one go, without a flush, when the
+        // next record comes.
+        for i in 0..=PENDING {
             let key = RecordKey::new(&i.to_be_bytes());
             store
                 .add_provider(record(&key, peers[0], hour))
