@@ -113,16 +113,31 @@ async fn devnet(args: Args) -> Result<()> {
     }
     print_summary(&peers, &dir, &cairn, args.dir.is_some())?;
 
-    let exited = tokio::select! {
-        r = crate::cli::shutdown_signal() => { r?; None }
-        (i, status) = first_exit(&mut peers) => Some((i, status)),
-    };
-    if let Some((i, status)) = exited {
+    // A child that exits (a node killed to try a get without it) is
+    // reported; the others run on until Ctrl-C.
+    let signal = crate::cli::shutdown_signal();
+    tokio::pin!(signal);
+    let mut running: Vec<usize> = (0..peers.len()).collect();
+    while !running.is_empty() {
+        let (i, status) = tokio::select! {
+            r = &mut signal => { r?; break; }
+            exited = next_exit(&mut peers, &running) => exited,
+        };
+        running.retain(|r| *r != i);
+        let log = dir.join(format!("{}.log", peers[i].name));
+        let left = running.iter().filter(|r| **r != 0).count();
+        let note = match i {
+            0 => "new clients cannot join through it".to_owned(),
+            _ => format!("{left} storage nodes still run"),
+        };
         eprintln!(
-            "{} exited ({status}); see {}",
+            "{} exited ({status}; log {}): {note}",
             peers[i].name,
-            dir.join(format!("{}.log", peers[i].name)).display()
+            log.display()
         );
+    }
+    if running.is_empty() {
+        bail!("every process of the devnet has exited");
     }
     eprintln!("stopping the devnet");
     stop(&mut peers).await;
@@ -169,13 +184,18 @@ async fn spawn(name: &str, exe: &Path, args: &[&str], dir: &Path) -> Result<Peer
     })
 }
 
-async fn first_exit(peers: &mut [Peer]) -> (usize, String) {
-    let waits = peers.iter_mut().enumerate().map(|(i, p)| {
-        Box::pin(async move {
-            let status = p.child.wait().await;
-            (i, status.map_or_else(|e| e.to_string(), |s| s.to_string()))
-        })
-    });
+/// The first of the `running` children to exit, and how it ended.
+async fn next_exit(peers: &mut [Peer], running: &[usize]) -> (usize, String) {
+    let waits = peers
+        .iter_mut()
+        .enumerate()
+        .filter(|(i, _)| running.contains(i))
+        .map(|(i, p)| {
+            Box::pin(async move {
+                let status = p.child.wait().await;
+                (i, status.map_or_else(|e| e.to_string(), |s| s.to_string()))
+            })
+        });
     futures::future::select_all(waits).await.0
 }
 

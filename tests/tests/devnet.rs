@@ -1,6 +1,7 @@
 //! The README's main command: `cairn devnet` starts a network that a second
-//! terminal adds to and gets from with the commands it prints, and Ctrl-C
-//! (here SIGTERM) stops every node cleanly.
+//! terminal adds to and gets from with the commands it prints, that runs on
+//! when nodes are killed (the README invites it), and that Ctrl-C (here
+//! SIGTERM) stops cleanly.
 
 use std::io::{BufRead as _, BufReader};
 use std::process::{Command, Stdio};
@@ -15,11 +16,12 @@ fn devnet_serves_the_commands_it_prints_and_stops_cleanly() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("net");
     let cairn = bin("cairn")?;
+    let stderr = dir.path().join("devnet.err");
     let mut devnet = Command::new(&cairn)
         .args(["devnet", "--nodes", "9", "--dir"])
         .arg(&data)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&stderr)?)
         .spawn()?;
     let stdout = devnet.stdout.take().context("stdout")?;
     let (tx, rx) = mpsc::channel();
@@ -71,14 +73,65 @@ fn devnet_serves_the_commands_it_prints_and_stops_cleanly() -> Result<()> {
         "cat returns the file"
     );
 
+    // Kill m = 3 of the 9 nodes: the rest run on and still serve the file.
+    let killed = [1, 2, 3];
+    for i in killed {
+        let pid = child_pid(devnet.id(), &format!("node-{i:02}"))?;
+        ensure!(
+            Command::new("kill")
+                .args(["-KILL", &pid])
+                .status()?
+                .success()
+        );
+    }
+    let cat = Command::new(&cairn)
+        .args(["cat", &cid])
+        .env("CAIRN_BOOTSTRAP", &bootstrap)
+        .output()?;
+    ensure!(
+        cat.status.success() && cat.stdout == content,
+        "cat returns the file with 3 nodes killed: {}",
+        String::from_utf8_lossy(&cat.stderr)
+    );
+    ensure!(devnet.try_wait()?.is_none(), "devnet runs on");
+
     let status = Command::new("kill")
         .args(["-TERM", &devnet.id().to_string()])
         .status()?;
     ensure!(status.success());
     ensure!(devnet.wait()?.success(), "devnet exits cleanly");
-    for i in 1..=9 {
+    let err = std::fs::read_to_string(&stderr)?;
+    for i in killed {
+        ensure!(
+            err.contains(&format!("node-{i:02} exited (signal: 9")),
+            "devnet reports node {i}: {err}"
+        );
+    }
+    for i in 4..=9 {
         let log = std::fs::read_to_string(data.join(format!("node-{i:02}.log")))?;
         ensure!(log.contains("node stopped"), "node {i} stopped cleanly");
     }
     Ok(())
+}
+
+/// The PID of the child of `parent` whose command line mentions `name`.
+fn child_pid(parent: u32, name: &str) -> Result<String> {
+    for entry in std::fs::read_dir("/proc")? {
+        let pid = entry?.file_name().to_string_lossy().into_owned();
+        let (Ok(stat), Ok(cmdline)) = (
+            std::fs::read_to_string(format!("/proc/{pid}/stat")),
+            std::fs::read(format!("/proc/{pid}/cmdline")),
+        ) else {
+            continue;
+        };
+        // Fields after the parenthesised command name: state, then ppid.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1));
+        let mentions = String::from_utf8_lossy(&cmdline).contains(name);
+        if ppid == Some(&parent.to_string()) && mentions {
+            return Ok(pid);
+        }
+    }
+    bail!("no child of {parent} runs {name}")
 }
