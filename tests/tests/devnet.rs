@@ -110,6 +110,10 @@ fn devnet_serves_the_commands_it_prints_and_stops_cleanly() -> Result<()> {
     for i in 4..=9 {
         let log = std::fs::read_to_string(data.join(format!("node-{i:02}.log")))?;
         ensure!(log.contains("node stopped"), "node {i} stopped cleanly");
+        ensure!(
+            !log.contains('\u{1b}'),
+            "node {i} logs to a file without colour codes"
+        );
     }
     Ok(())
 }
