@@ -17,7 +17,7 @@ use cairn_node::{api, cli, client};
 use cairn_protocol::car::{CarReader, CarWriter};
 use cairn_protocol::erasure::Scheme;
 use cairn_protocol::seal::Target;
-use cairn_protocol::unixfs::NullSink;
+use cairn_protocol::unixfs::{NullSink, ReadError};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use libp2p::Multiaddr;
@@ -287,14 +287,34 @@ enum CarCommand {
     Verify { car: PathBuf },
 }
 
+/// `println!` that returns an error instead of panicking when stdout is
+/// closed (`cairn pin ls | head`).
+macro_rules! out {
+    ($($arg:tt)*) => {
+        writeln!(std::io::stdout(), $($arg)*).context("cannot write to stdout")
+    };
+}
+
 fn main() -> ExitCode {
     match run() {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader went away (`| head`): stop quietly, as other tools do.
+        Err(e) if broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+fn broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        let io = match c.downcast_ref::<ReadError>() {
+            Some(ReadError::Write(e)) => Some(e),
+            _ => c.downcast_ref::<std::io::Error>(),
+        };
+        io.is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 fn run() -> Result<()> {
@@ -337,15 +357,18 @@ fn run() -> Result<()> {
             }
             let (store, recovery) = Store::open(&dir, store::Limits::new(u64::MAX))?;
             let report = store.check()?;
-            println!("pieces: {}", report.pieces);
-            println!("used: {} bytes", report.used);
-            println!("bytes on disk: {}", report.bytes_on_disk);
-            println!(
+            out!("pieces: {}", report.pieces)?;
+            out!("used: {} bytes", report.used)?;
+            out!("bytes on disk: {}", report.bytes_on_disk)?;
+            out!(
                 "settled at open: {} partial writes removed, {} writes completed, {} deletes undone, {} deletes finished",
-                recovery.partial_removed, recovery.completed, recovery.restored, recovery.deleted
-            );
-            println!("damaged pieces removed: {}", report.rotted.len());
-            println!("stray files removed: {}", report.orphans);
+                recovery.partial_removed,
+                recovery.completed,
+                recovery.restored,
+                recovery.deleted
+            )?;
+            out!("damaged pieces removed: {}", report.rotted.len())?;
+            out!("stray files removed: {}", report.orphans)?;
             if report.used != report.bytes_on_disk {
                 bail!(
                     "index says {} bytes, files hold {}",
@@ -372,7 +395,7 @@ fn run() -> Result<()> {
             if written != root {
                 bail!("{} changed while it was being written", path.display());
             }
-            println!("{root}");
+            out!("{root}")?;
         }
         Command::Pin(cmd) => pin(cmd)?,
         Command::Car(CarCommand::Verify { car }) => {
@@ -388,11 +411,11 @@ fn run() -> Result<()> {
             {
                 blocks += 1;
             }
-            println!(
+            out!(
                 "{} blocks, every one matches its CID; roots: {}",
                 blocks,
                 roots.join(" ")
-            );
+            )?;
         }
     }
     Ok(())
@@ -472,13 +495,13 @@ fn run_node(args: NodeArgs) -> Result<()> {
             }
         };
         if node.new_identity {
-            println!("created identity in {}", data_dir.display());
+            out!("created identity in {}", data_dir.display())?;
         }
-        println!("peer id: {id}");
+        out!("peer id: {id}")?;
         for addr in &node.listen_addrs {
-            println!("listening on {addr}/p2p/{id}");
+            out!("listening on {addr}/p2p/{id}")?;
         }
-        println!("control API on {} (loopback only)", api.url);
+        out!("control API on {} (loopback only)", api.url)?;
         std::io::stdout().flush()?;
         let signal = cli::shutdown_signal().await;
         tracing::info!("shutting down");
@@ -498,7 +521,7 @@ fn add(args: AddArgs) -> Result<()> {
             recursive: args.recursive,
             hidden: args.hidden,
         };
-        println!("{}", add::import_path(&path, options, &mut NullSink)?.cid);
+        out!("{}", add::import_path(&path, options, &mut NullSink)?.cid)?;
         return Ok(());
     }
     let (path, car) = match (args.path, args.car) {
@@ -540,7 +563,7 @@ fn add(args: AddArgs) -> Result<()> {
     bar.finish_and_clear();
     let added = added?;
     if args.json {
-        println!("{}", serde_json::to_string(&added)?);
+        out!("{}", serde_json::to_string(&added)?)?;
         return Ok(());
     }
     if !args.quiet {
@@ -563,7 +586,7 @@ fn add(args: AddArgs) -> Result<()> {
             );
         }
     }
-    println!("{}", added.handle);
+    out!("{}", added.handle)?;
     Ok(())
 }
 
@@ -572,9 +595,9 @@ fn pin(cmd: PinCommand) -> Result<()> {
         PinCommand::Add { cid, node } => {
             let r = node.remote()?.pin_add(&cid.to_string())?;
             if r.changed {
-                println!("pinned {cid}");
+                out!("pinned {cid}")?;
             } else {
-                println!("{cid} was pinned already");
+                out!("{cid} was pinned already")?;
             }
         }
         PinCommand::Rm { cid, node } => {
@@ -582,16 +605,16 @@ fn pin(cmd: PinCommand) -> Result<()> {
             if !r.changed {
                 bail!("{cid} is not pinned on this node");
             }
-            println!("unpinned {cid}");
+            out!("unpinned {cid}")?;
         }
         PinCommand::Ls { json, node } => {
             let pins = node.remote()?.pin_ls()?;
             if json {
-                println!("{}", serde_json::to_string(&pins)?);
+                out!("{}", serde_json::to_string(&pins)?)?;
                 return Ok(());
             }
             for p in pins {
-                println!(
+                out!(
                     "{}  {}  {}  {} segments  healthy ≥ {} (repair at {})",
                     p.cid,
                     ByteSize(p.bytes),
@@ -599,32 +622,33 @@ fn pin(cmd: PinCommand) -> Result<()> {
                     p.segments,
                     p.min_healthy,
                     p.threshold
-                );
+                )?;
             }
         }
         PinCommand::Status { cid, json, node } => {
             let s = node.remote()?.pin_status(&cid.to_string())?;
             if json {
-                println!("{}", serde_json::to_string(&s)?);
+                out!("{}", serde_json::to_string(&s)?)?;
                 return Ok(());
             }
             let total: usize = s.segments.first().map_or(0, |g| g.pieces.len());
-            println!(
+            out!(
                 "{}  {}  {}  manifest {}",
                 s.pin.cid,
                 ByteSize(s.pin.bytes),
                 s.pin.scheme,
                 s.manifest
-            );
-            println!(
+            )?;
+            out!(
                 "healthy pieces ≥ {} of {total} in every segment; a segment is repaired at {}",
-                s.pin.min_healthy, s.pin.threshold
-            );
+                s.pin.min_healthy,
+                s.pin.threshold
+            )?;
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
             for (i, seg) in s.segments.iter().enumerate() {
-                println!("segment {i}: {}/{} healthy", seg.healthy, seg.pieces.len());
+                out!("segment {i}: {}/{} healthy", seg.healthy, seg.pieces.len())?;
                 for p in &seg.pieces {
                     let audit = match (p.last_audit, &p.last_result) {
                         (Some(t), Some(r)) => format!("{r} {} ago", ago(now, t)),
@@ -635,16 +659,16 @@ fn pin(cmd: PinCommand) -> Result<()> {
                         t if t > now => format!("term ends in {}", ago(t, now)),
                         t => format!("term ended {} ago", ago(now, t)),
                     };
-                    println!(
+                    out!(
                         "  {}  {:<11}  {}  {audit}, {term}",
                         p.piece,
                         p.state,
                         p.holder.as_deref().unwrap_or("no holder known")
-                    );
+                    )?;
                 }
             }
             let c = s.counters;
-            println!(
+            out!(
                 "this node: {} audits ({} failed, {} of proofs), {} repairs rebuilt {} pieces and placed {} manifest copies ({} of traffic), {} terms renewed",
                 c.audits,
                 c.audits_failed,
@@ -654,7 +678,7 @@ fn pin(cmd: PinCommand) -> Result<()> {
                 c.manifest_copies,
                 ByteSize(c.repair_bytes),
                 c.renewals
-            );
+            )?;
         }
     }
     Ok(())

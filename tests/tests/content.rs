@@ -247,6 +247,21 @@ async fn sizes_directories_and_cars_round_trip() -> Result<()> {
         .env("CAIRN_BOOTSTRAP", net.bootstrap())
         .output()?;
     ensure!(out.status.success() && out.stdout == data[1000..6000]);
+    // A reader that stops early (`cairn cat CID | head -c 10`) ends it quietly.
+    let mut cat = Command::new(&cairn)
+        .args(["cat", &cid])
+        .env("CAIRN_BOOTSTRAP", net.bootstrap())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let mut head = [0u8; 10];
+    cat.stdout.take().context("stdout")?.read_exact(&mut head)?;
+    let out = cat.wait_with_output()?;
+    ensure!(
+        head == data[..10] && out.status.success() && out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let unknown = import_file(&b"never added"[..], &mut cairn_protocol::unixfs::NullSink)?.cid;
     let out = Command::new(&cairn)
         .args(["cat", &unknown.to_string()])
