@@ -1087,8 +1087,10 @@ impl EventLoop {
 
     fn on_command(&mut self, cmd: Command) {
         let connected_peers = self.swarm.connected_peers().count();
+        let me = *self.swarm.local_peer_id();
         let b = self.swarm.behaviour_mut();
         match cmd {
+            Command::Request { peer, outbound } if peer == me => self.answer_locally(outbound),
             Command::Request { peer, outbound } => {
                 if routes_to(&mut b.kad, peer) || self.swarm.is_connected(&peer) {
                     self.send(peer, outbound);
@@ -1377,13 +1379,7 @@ impl EventLoop {
                     let sign = self.receipt_signer();
                     let clock = self.config.clock;
                     self.spawn_job(move |store| {
-                        let resp = match store.renew(&terms, clock.now(), sign) {
-                            Ok(receipt) => StoreResponse::StoredV1(receipt),
-                            Err(reason) => {
-                                tracing::debug!(%peer, piece = %terms.piece, ?reason, "renewal declined");
-                                StoreResponse::RejectedV1(reason)
-                            }
-                        };
+                        let resp = answer_renewal(store, peer, &terms, clock.now(), sign);
                         Done::Store(channel, Box::new(resp), Vec::new())
                     });
                 }
@@ -1494,15 +1490,7 @@ impl EventLoop {
                 }
                 let now = self.config.clock.now();
                 self.spawn_job(move |store| {
-                    let resp = match store.prove(&piece, &nonce, now) {
-                        Ok(Some(proof)) => AuditResponse::ProofV1(proof),
-                        Ok(None) => AuditResponse::NotFoundV1,
-                        Err(e) => {
-                            tracing::warn!(%peer, %piece, error = %e, "cannot answer audit");
-                            AuditResponse::NotFoundV1
-                        }
-                    };
-                    Done::Audit(channel, resp)
+                    Done::Audit(channel, answer_challenge(store, peer, &piece, &nonce, now))
                 })
             }
             Event::Message {
@@ -1531,6 +1519,42 @@ impl EventLoop {
                 peer,
                 reason: format!("cannot connect: {reason}"),
             }));
+        }
+    }
+
+    /// A request this node makes of itself (its pinner auditing or renewing
+    /// a piece it holds, a get finding a piece here) is answered from the
+    /// store as a peer's would be: no connection to oneself exists.
+    fn answer_locally(&mut self, outbound: Outbound) {
+        let (me, now, store) = (
+            *self.swarm.local_peer_id(),
+            self.config.clock.now(),
+            self.store.clone(),
+        );
+        match outbound {
+            Outbound::Connect(a) => {
+                let _ = a.send(Ok(()));
+            }
+            Outbound::Fetch(request, a) => {
+                self.jobs.spawn_blocking(move || {
+                    let _ = a.send(Ok(serve_fetch(&store, me, request)));
+                });
+            }
+            Outbound::Audit(AuditRequest::ChallengeV1 { piece, nonce }, a) => {
+                self.jobs.spawn_blocking(move || {
+                    let _ = a.send(Ok(answer_challenge(&store, me, &piece, &nonce, now)));
+                });
+            }
+            Outbound::Store(StoreRequest::RenewV1(terms), a) => {
+                let sign = self.receipt_signer();
+                self.jobs.spawn_blocking(move || {
+                    let _ = a.send(Ok(answer_renewal(&store, me, &terms, now, sign)));
+                });
+            }
+            Outbound::Store(StoreRequest::OfferV1(_) | StoreRequest::TransferV1(_), a) => {
+                let reason = "a node does not store pieces for itself".into();
+                let _ = a.send(Err(RequestError::Failed { peer: me, reason }));
+            }
         }
     }
 
@@ -1575,6 +1599,41 @@ impl EventLoop {
 fn routes_to(kad: &mut kad::Behaviour<ProviderStore>, peer: PeerId) -> bool {
     kad.kbucket(peer)
         .is_some_and(|bucket| bucket.iter().any(|e| *e.node.key.preimage() == peer))
+}
+
+/// The answer to `peer`'s challenge for `piece`: a proof, or not found.
+fn answer_challenge(
+    store: &Store,
+    peer: PeerId,
+    piece: &Cid,
+    nonce: &[u8; 32],
+    now: u64,
+) -> AuditResponse {
+    match store.prove(piece, nonce, now) {
+        Ok(Some(proof)) => AuditResponse::ProofV1(proof),
+        Ok(None) => AuditResponse::NotFoundV1,
+        Err(e) => {
+            tracing::warn!(%peer, %piece, error = %e, "cannot answer audit");
+            AuditResponse::NotFoundV1
+        }
+    }
+}
+
+/// The answer to `peer`'s renewal: a receipt for the new term, or why not.
+fn answer_renewal(
+    store: &Store,
+    peer: PeerId,
+    terms: &Terms,
+    now: u64,
+    sign: impl FnOnce(Terms) -> SignedReceipt,
+) -> StoreResponse {
+    match store.renew(terms, now, sign) {
+        Ok(receipt) => StoreResponse::StoredV1(receipt),
+        Err(reason) => {
+            tracing::debug!(%peer, piece = %terms.piece, ?reason, "renewal declined");
+            StoreResponse::RejectedV1(reason)
+        }
+    }
 }
 
 fn serve_fetch(store: &Store, peer: PeerId, request: FetchRequest) -> FetchResponse {

@@ -217,10 +217,15 @@ pub async fn pin_existing(net: &Handle, root: Cid) -> Result<bool> {
     Ok(new)
 }
 
-/// The nodes other than this one that announce `piece` in the DHT.
+/// The nodes that announce `piece` in the DHT, this one last: a copy of
+/// its own is audited and renewed through its store like any other.
 async fn providers(net: &Handle, piece: Cid) -> Vec<PeerId> {
     match net.providers(piece).await {
-        Ok(found) => found.into_iter().filter(|p| *p != net.peer_id()).collect(),
+        Ok(found) => {
+            let mut found: Vec<PeerId> = found.into_iter().collect();
+            found.sort_by_key(|p| *p == net.peer_id());
+            found
+        }
         Err(e) => {
             tracing::debug!(%piece, error = %e, "provider lookup failed");
             Vec::new()

@@ -522,6 +522,44 @@ async fn sealed_content_round_trips_and_nodes_hold_no_plaintext() -> Result<()> 
     let copies = status["manifest_copies"].as_array().context("copies")?;
     ensure!(!copies.is_empty(), "manifest holders found: {status}");
 
+    // Node 1 holds one of the 9 pieces. Pinned there too, its own copy
+    // counts as a holder, audited and renewed through its store: nothing
+    // to repair.
+    let node1 = net.dir.path().join("node1");
+    let via_node1 = |args: &[&str]| {
+        Command::new(&cairn)
+            .args(args)
+            .env_remove("CAIRN_BOOTSTRAP")
+            .env("CAIRN_DATA_DIR", &node1)
+            .output()
+    };
+    ensure!(via_node1(&["pin", "add", &cid])?.status.success());
+    let me = net.nodes[1].peer_id.as_str();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = json(via_node1(&["pin", "status", &cid, "--json"])?)?;
+        let pieces = status["segments"][0]["pieces"]
+            .as_array()
+            .context("pieces")?;
+        let own = pieces.iter().find(|p| p["holder"] == me);
+        ensure!(own.is_some(), "node 1 holds a piece itself: {status}");
+        let renewed = |p: &serde_json::Value| {
+            p["last_result"] == "passed"
+                && p["expires_at"]
+                    .as_u64()
+                    .is_some_and(|t| t > now + 29 * 86_400)
+        };
+        if pieces.iter().all(renewed) {
+            ensure!(status["counters"]["repairs"] == 0, "{status}");
+            break;
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "node 1 never audited and renewed every piece: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
     // Back whole through a client of the command's own, and as a range
     // across seal records through the node.
     let got = work.path().join("secret.out");
