@@ -559,6 +559,13 @@ async fn sealed_content_round_trips_and_nodes_hold_no_plaintext() -> Result<()> 
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    // Read through node 1, its own piece comes from its store.
+    let out = via_node1(&["cat", &text])?;
+    ensure!(
+        out.status.success() && out.stdout == data,
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // Back whole through a client of the command's own, and as a range
     // across seal records through the node.

@@ -506,8 +506,7 @@ async fn fetch_segment(
             check: check_data || i >= k,
             hint: manifest
                 .holder(index as usize, i)
-                .and_then(|h| PeerId::from_bytes(h).ok())
-                .filter(|p| *p != net.peer_id()),
+                .and_then(|h| PeerId::from_bytes(h).ok()),
         };
         async move { (i, fetch_piece(&net, want, i, &asking, &stats).await) }
     };

@@ -48,7 +48,6 @@ pub async fn find_manifest(net: &Handle, root: Cid) -> Result<Option<Manifest>> 
         .context("cannot look the content up in the DHT")?;
     let mut asking: FuturesUnordered<_> = providers
         .into_iter()
-        .filter(|p| *p != net.peer_id())
         .map(|peer| async move {
             (
                 peer,
