@@ -450,14 +450,15 @@ async fn sealed_content_round_trips_and_nodes_hold_no_plaintext() -> Result<()> 
             .output()
     };
     // Through node 0's control API (found through its data directory).
-    let node0 = net.dir.path().join("node0");
-    let via_node = |args: &[&str]| {
+    let via = |node: usize, args: &[&str]| {
         Command::new(&cairn)
             .args(args)
             .env_remove("CAIRN_BOOTSTRAP")
-            .env("CAIRN_DATA_DIR", &node0)
+            .env("CAIRN_DATA_DIR", net.dir.path().join(format!("node{node}")))
             .output()
     };
+    let node0 = net.dir.path().join("node0");
+    let via_node = |args: &[&str]| via(0, args);
     let out = via_node(&["add", "--encrypt", "--quiet", path(&f)?])?;
     ensure!(
         out.status.success(),
@@ -525,14 +526,7 @@ async fn sealed_content_round_trips_and_nodes_hold_no_plaintext() -> Result<()> 
     // Node 1 holds one of the 9 pieces. Pinned there too, its own copy
     // counts as a holder, audited and renewed through its store: nothing
     // to repair.
-    let node1 = net.dir.path().join("node1");
-    let via_node1 = |args: &[&str]| {
-        Command::new(&cairn)
-            .args(args)
-            .env_remove("CAIRN_BOOTSTRAP")
-            .env("CAIRN_DATA_DIR", &node1)
-            .output()
-    };
+    let via_node1 = |args: &[&str]| via(1, args);
     ensure!(via_node1(&["pin", "add", &cid])?.status.success());
     let me = net.nodes[1].peer_id.as_str();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);

@@ -64,14 +64,19 @@ fn devnet_serves_the_commands_it_prints_and_stops_cleanly() -> Result<()> {
         String::from_utf8_lossy(&add.stderr)
     );
     let cid = String::from_utf8(add.stdout)?.trim().to_owned();
-    let cat = Command::new(&cairn)
-        .args(["cat", &cid])
-        .env("CAIRN_BOOTSTRAP", &bootstrap)
-        .output()?;
-    ensure!(
-        cat.status.success() && cat.stdout == content,
-        "cat returns the file"
-    );
+    let cat = || -> Result<()> {
+        let cat = Command::new(&cairn)
+            .args(["cat", &cid])
+            .env("CAIRN_BOOTSTRAP", &bootstrap)
+            .output()?;
+        ensure!(
+            cat.status.success() && cat.stdout == content,
+            "cat returns the file: {}",
+            String::from_utf8_lossy(&cat.stderr)
+        );
+        Ok(())
+    };
+    cat()?;
 
     // Kill m = 3 of the 9 nodes: the rest run on and still serve the file.
     let killed = [1, 2, 3];
@@ -84,15 +89,7 @@ fn devnet_serves_the_commands_it_prints_and_stops_cleanly() -> Result<()> {
                 .success()
         );
     }
-    let cat = Command::new(&cairn)
-        .args(["cat", &cid])
-        .env("CAIRN_BOOTSTRAP", &bootstrap)
-        .output()?;
-    ensure!(
-        cat.status.success() && cat.stdout == content,
-        "cat returns the file with 3 nodes killed: {}",
-        String::from_utf8_lossy(&cat.stderr)
-    );
+    cat().context("3 nodes killed")?;
     ensure!(devnet.try_wait()?.is_none(), "devnet runs on");
 
     let status = Command::new("kill")
