@@ -919,6 +919,8 @@ enum Done {
     Fetch(ResponseChannel<FetchResponse>, FetchResponse),
     Audit(ResponseChannel<AuditResponse>, AuditResponse),
     Expired(usize),
+    /// A request to this node itself, answered by the job.
+    Answered,
 }
 
 struct EventLoop {
@@ -1082,6 +1084,7 @@ impl EventLoop {
                 let _ = b.audit.send_response(ch, resp);
             }
             Done::Expired(n) => tracing::info!(pieces = n, "deleted expired pieces"),
+            Done::Answered => {}
         }
     }
 
@@ -1524,31 +1527,29 @@ impl EventLoop {
 
     /// A request this node makes of itself (its pinner auditing or renewing
     /// a piece it holds, a get finding a piece here) is answered from the
-    /// store as a peer's would be: no connection to oneself exists.
+    /// store as a peer's would be, as a store job like theirs: no
+    /// connection to oneself exists.
     fn answer_locally(&mut self, outbound: Outbound) {
-        let (me, now, store) = (
-            *self.swarm.local_peer_id(),
-            self.config.clock.now(),
-            self.store.clone(),
-        );
+        let (me, now) = (*self.swarm.local_peer_id(), self.config.clock.now());
         match outbound {
             Outbound::Connect(a) => {
                 let _ = a.send(Ok(()));
             }
-            Outbound::Fetch(request, a) => {
-                self.jobs.spawn_blocking(move || {
-                    let _ = a.send(Ok(serve_fetch(&store, me, request)));
-                });
-            }
+            Outbound::Fetch(request, a) => self.spawn_job(move |store| {
+                let _ = a.send(Ok(serve_fetch(store, me, request)));
+                Done::Answered
+            }),
             Outbound::Audit(AuditRequest::ChallengeV1 { piece, nonce }, a) => {
-                self.jobs.spawn_blocking(move || {
-                    let _ = a.send(Ok(answer_challenge(&store, me, &piece, &nonce, now)));
+                self.spawn_job(move |store| {
+                    let _ = a.send(Ok(answer_challenge(store, me, &piece, &nonce, now)));
+                    Done::Answered
                 });
             }
             Outbound::Store(StoreRequest::RenewV1(terms), a) => {
                 let sign = self.receipt_signer();
-                self.jobs.spawn_blocking(move || {
-                    let _ = a.send(Ok(answer_renewal(&store, me, &terms, now, sign)));
+                self.spawn_job(move |store| {
+                    let _ = a.send(Ok(answer_renewal(store, me, &terms, now, sign)));
+                    Done::Answered
                 });
             }
             Outbound::Store(StoreRequest::OfferV1(_) | StoreRequest::TransferV1(_), a) => {
