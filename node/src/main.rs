@@ -570,13 +570,15 @@ fn add(args: AddArgs) -> Result<()> {
         if added.already_stored {
             eprintln!("the network already has this content; nothing uploaded");
         } else {
+            let plural =
+                |n: u64, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
             eprintln!(
-                "added {} in {} segments: {} pieces ({}) on distinct nodes, manifest on {} nodes",
+                "added {} in {}: {} ({}) on distinct nodes, manifest on {}",
                 ByteSize(added.bytes),
-                added.segments,
-                added.pieces,
+                plural(added.segments as u64, "segment", "segments"),
+                plural(added.pieces as u64, "piece", "pieces"),
                 added.scheme,
-                added.manifest_copies
+                plural(added.manifest_copies as u64, "node", "nodes")
             );
         }
         if !added.pinned && !args.no_pin {
