@@ -498,15 +498,25 @@ async fn fetch_segment(
     let cids = manifest.segments[index as usize].clone();
     let piece_len = manifest.piece_len(index);
     let asking: Arc<Mutex<HashMap<usize, PeerId>>> = Arc::default();
-    let attempt = |i: usize| {
+    let hints: Vec<Option<PeerId>> = (0..cids.len())
+        .map(|i| {
+            let hint = manifest.holder(index as usize, i)?;
+            PeerId::from_bytes(hint).ok()
+        })
+        .collect();
+    let order = {
+        let s = lock(&stats);
+        fetch_order(k, &hints, |p| s.slow.contains(p) || s.dropped.contains(p))
+    };
+    // The `n`th piece to try, in `order`.
+    let attempt = |n: usize| {
+        let i = order[n];
         let (net, stats, asking) = (net.clone(), stats.clone(), asking.clone());
         let want = Want {
             cid: cids[i],
             len: piece_len,
             check: check_data || i >= k,
-            hint: manifest
-                .holder(index as usize, i)
-                .and_then(|h| PeerId::from_bytes(h).ok()),
+            hint: hints[i],
         };
         async move { (i, fetch_piece(&net, want, i, &asking, &stats).await) }
     };
@@ -517,7 +527,7 @@ async fn fetch_segment(
     let mut failures = Vec::new();
     while next < k {
         attempts.push(attempt(next));
-        started.insert(next, Instant::now());
+        started.insert(order[next], Instant::now());
         next += 1;
     }
     let mut tick = tokio::time::interval(hedge_after.min(Duration::from_secs(1)));
@@ -540,7 +550,7 @@ async fn fetch_segment(
                         failures.push(format!("piece {i}: {e:#}"));
                         if next < cids.len() {
                             attempts.push(attempt(next));
-                            started.insert(next, Instant::now());
+                            started.insert(order[next], Instant::now());
                             next += 1;
                         }
                     }
@@ -561,7 +571,7 @@ async fn fetch_segment(
                     lock(&stats).slow.extend(peer);
                     if next < cids.len() {
                         attempts.push(attempt(next));
-                        started.insert(next, Instant::now());
+                        started.insert(order[next], Instant::now());
                         next += 1;
                     }
                 }
@@ -587,6 +597,17 @@ async fn fetch_segment(
     s.bytes += len;
     s.decoded += u64::from(decoded);
     Ok(Arc::new(segment))
+}
+
+/// The order to try a segment's pieces in: data pieces first (no decoding
+/// when they all arrive), then parity, and last of all those whose named
+/// holder this get already found slow or lying (`avoid`), so that a
+/// stalled node costs one wait, not one per segment.
+fn fetch_order(k: usize, hints: &[Option<PeerId>], avoid: impl Fn(&PeerId) -> bool) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..hints.len()).collect();
+    // Stable: data before parity, then index order within each.
+    order.sort_by_key(|&i| (hints[i].as_ref().is_some_and(&avoid), i >= k));
+    order
 }
 
 /// The `k` data pieces of a segment from any `k` of its pieces.
@@ -751,6 +772,18 @@ mod tests {
         let stats = Mutex::default();
         let got = fetch_piece(net, want, 0, &Mutex::default(), &stats).await;
         (got, lock(&stats).clone())
+    }
+
+    #[test]
+    fn pieces_on_slow_holders_are_tried_last() {
+        let peers: Vec<PeerId> = (0..5).map(|_| PeerId::random()).collect();
+        let hints: Vec<Option<PeerId>> = peers.iter().copied().map(Some).collect();
+        // 3+2: data pieces 0..3, parity 3..5.
+        assert_eq!(fetch_order(3, &hints, |_| false), [0, 1, 2, 3, 4]);
+        let slow = |p: &PeerId| *p == peers[1] || *p == peers[3];
+        assert_eq!(fetch_order(3, &hints, slow), [0, 2, 4, 1, 3]);
+        // Without hints, nothing is known to avoid.
+        assert_eq!(fetch_order(3, &[None; 5], |_| true), [0, 1, 2, 3, 4]);
     }
 
     #[tokio::test]

@@ -12,6 +12,7 @@
 mod get;
 mod put;
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
@@ -38,16 +39,39 @@ pub fn node_key(peer: &PeerId) -> Result<[u8; 32]> {
         .to_bytes())
 }
 
-/// Finds a manifest of the content `root` in the network: asks all the
-/// root's providers at once and returns the first manifest that decodes, is
-/// valid and describes `root`. `None` when no provider has one.
+/// Finds a manifest of the content `root` in the network: asks the root's
+/// providers, all at once, and returns the first manifest that decodes, is
+/// valid and describes `root`; `None` when no provider has one. The
+/// providers come from a lookup that ends at the first answer naming any
+/// (a stalled DHT node does not hold it up), then, should none of those
+/// have a manifest, from one that runs its course.
 pub async fn find_manifest(net: &Handle, root: Cid) -> Result<Option<Manifest>> {
-    let providers = net
-        .providers(root)
-        .await
+    let mut asked = HashSet::new();
+    for full in [false, true] {
+        let providers = match full {
+            false => net.first_providers(root).await,
+            true => net.providers(root).await,
+        }
         .context("cannot look the content up in the DHT")?;
-    let mut asking: FuturesUnordered<_> = providers
-        .into_iter()
+        // A quick lookup that found none ran its full course.
+        if providers.is_empty() && !full {
+            return Ok(None);
+        }
+        let fresh = providers.into_iter().filter(|p| asked.insert(*p));
+        if let Some(m) = first_manifest(net, root, fresh).await {
+            return Ok(Some(m));
+        }
+    }
+    Ok(None)
+}
+
+/// The first valid manifest of `root` any of `peers` sends.
+async fn first_manifest(
+    net: &Handle,
+    root: Cid,
+    peers: impl Iterator<Item = PeerId>,
+) -> Option<Manifest> {
+    let mut asking: FuturesUnordered<_> = peers
         .map(|peer| async move {
             (
                 peer,
@@ -58,7 +82,7 @@ pub async fn find_manifest(net: &Handle, root: Cid) -> Result<Option<Manifest>> 
     while let Some((peer, answer)) = asking.next().await {
         match answer {
             Ok(FetchResponse::ManifestV1 { data }) => match Manifest::decode(&data) {
-                Ok(m) if m.root == root => return Ok(Some(m)),
+                Ok(m) if m.root == root => return Some(m),
                 Ok(_) => tracing::warn!(%peer, %root, "peer sent a manifest of other content"),
                 Err(e) => tracing::warn!(%peer, %root, error = %e, "peer sent a bad manifest"),
             },
@@ -66,7 +90,7 @@ pub async fn find_manifest(net: &Handle, root: Cid) -> Result<Option<Manifest>> 
             Err(e) => tracing::debug!(%peer, %root, error = %e, "manifest request failed"),
         }
     }
-    Ok(None)
+    None
 }
 
 /// A poisoned lock still guards plain data: keep going.
