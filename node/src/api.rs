@@ -100,6 +100,10 @@ pub struct AddResult {
     pub already_stored: bool,
     /// Whether this node now keeps the content alive.
     pub pinned: bool,
+    /// Per segment, the peer ID of the node each piece went to, in piece
+    /// order (data pieces first); empty when the content was already stored.
+    #[serde(default)]
+    pub holders: Vec<Vec<Option<String>>>,
 }
 
 /// One line of the `/v1/add` answer (newline-delimited JSON).
@@ -194,6 +198,11 @@ pub async fn add(
         manifest_copies: added.manifest_holders.len(),
         already_stored: added.already_stored,
         pinned,
+        holders: added
+            .holders
+            .iter()
+            .map(|s| s.iter().map(|p| p.map(|p| p.to_string())).collect())
+            .collect(),
     })
 }
 

@@ -28,6 +28,7 @@ use tokio::task::JoinSet;
 use crate::identity;
 use crate::net::providers::{self, ProviderStore};
 use crate::net::relay_slots::{self, RelaySlots};
+use crate::net::walks::{self, Walks};
 use crate::net::{self, Behaviour, BehaviourEvent};
 use crate::pinner::{self, Pinning};
 use crate::pins::Pins;
@@ -320,6 +321,8 @@ pub struct Status {
     pub announce_requests: u64,
     /// Duration of the last completed round.
     pub last_round: Option<Duration>,
+    /// DHT lookups ended early because they stalled on unresponsive peers.
+    pub walks_ended: u64,
     /// Freshly stored pieces not yet announced, and announcements in flight.
     pub announcing: usize,
 }
@@ -591,6 +594,7 @@ impl Node {
             awaiting: Awaiting::default(),
             lookups: HashMap::new(),
             closest: HashMap::new(),
+            walks: Walks::default(),
             stalled: VecDeque::new(),
             unaddressed: HashMap::new(),
             connecting: HashMap::new(),
@@ -936,6 +940,8 @@ struct EventLoop {
     /// Provider lookups: found so far, whether the first find ends it.
     lookups: HashMap<QueryId, (HashSet<PeerId>, bool, ProvidersReply)>,
     closest: HashMap<QueryId, oneshot::Sender<Result<Vec<PeerId>, RequestError>>>,
+    /// Lookups and walks above, ended early when they stall.
+    walks: Walks,
     /// Fetches a [`Fault::Stall`] node holds unanswered (bounded).
     stalled: VecDeque<ResponseChannel<FetchResponse>>,
     /// Requests to peers whose address is being looked up in the DHT.
@@ -968,6 +974,8 @@ impl EventLoop {
         let clock = self.config.clock;
         let mut expiry = tokio::time::interval(clock.to_real(self.config.expiry_interval));
         let mut flush = tokio::time::interval(Duration::from_secs(60));
+        let mut walk_check = tokio::time::interval(walks::CHECK);
+        walk_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let next_round = self.announcer.next_round;
             let relay_check = self.relays.next_check();
@@ -987,6 +995,7 @@ impl EventLoop {
                 Some(done) = self.done_rx.recv() => self.on_done(done),
                 _ = expiry.tick() => self.expire(),
                 _ = flush.tick() => self.flush(),
+                _ = walk_check.tick(), if !self.walks.is_empty() => self.end_stalled_walks(),
                 () = sleep_until(next_round) => self.announcer.start_round(Instant::now()),
                 () = sleep_until(relay_check) => {
                     let due = self.relays.due(Instant::now(), false);
@@ -1001,6 +1010,25 @@ impl EventLoop {
         while self.jobs.join_next().await.is_some() {}
         self.flush();
         tracing::info!("node stopped");
+    }
+
+    /// Ends each walk that has stalled on unresponsive peers; it reports
+    /// the peers that answered as if it had run its course.
+    fn end_stalled_walks(&mut self) {
+        let now = Instant::now();
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        for id in self.walks.ids() {
+            let Some(mut query) = kad.query_mut(&id) else {
+                self.walks.done(&id);
+                continue;
+            };
+            let stats = query.stats();
+            let (answers, pending) = (stats.num_successes(), stats.num_pending());
+            if self.walks.stalled(id, answers, pending, now) {
+                tracing::debug!(?id, answers, pending, "DHT walk stalled; ending it");
+                query.finish();
+            }
+        }
     }
 
     fn flush(&mut self) {
@@ -1102,6 +1130,7 @@ impl EventLoop {
                 } else {
                     // Find the peer's address first: a FIND_NODE walk towards it.
                     let id = self.swarm.behaviour_mut().kad.get_closest_peers(peer);
+                    self.walks.start(id, Instant::now());
                     self.unaddressed
                         .entry(id)
                         .or_default()
@@ -1111,6 +1140,7 @@ impl EventLoop {
             Command::Providers { key, first, reply } => {
                 let id = b.kad.get_providers(RecordKey::new(&key.to_bytes()));
                 self.lookups.insert(id, (HashSet::new(), first, reply));
+                self.walks.start(id, Instant::now());
             }
             Command::Dial { addr, reply } => {
                 let Some(Protocol::P2p(peer)) = addr.iter().last() else {
@@ -1127,6 +1157,7 @@ impl EventLoop {
             Command::Closest { key, reply } => {
                 let id = b.kad.get_closest_peers(key);
                 self.closest.insert(id, reply);
+                self.walks.start(id, Instant::now());
             }
             Command::Routes { peer, reply } => {
                 let _ = reply.send(routes_to(&mut b.kad, peer));
@@ -1150,6 +1181,7 @@ impl EventLoop {
                 s.announcing = self.announcer.fresh.len() + self.announcer.in_flight.len();
                 s.connected_peers = connected_peers;
                 s.routing_table = b.kad.kbuckets().map(|k| k.num_entries()).sum();
+                s.walks_ended = self.walks.ended;
                 s.pieces = self.store.count();
                 s.used = self.store.used();
                 s.capacity = self.store.limits().capacity;
@@ -1266,59 +1298,65 @@ impl EventLoop {
                 result,
                 stats,
                 step,
-            } => match result {
-                QueryResult::StartProviding(r) => {
-                    if let Err(e) = r {
-                        tracing::debug!(error = ?e, "announcement incomplete");
-                    }
-                    self.announcer.done(id, stats.num_requests());
+            } => {
+                if step.last {
+                    self.walks.done(&id);
                 }
-                QueryResult::GetClosestPeers(r) => {
-                    let peers = match r {
-                        Ok(ok) => ok.peers,
-                        Err(kad::GetClosestPeersError::Timeout { peers, .. }) => peers,
-                    };
-                    let ids = peers.iter().map(|p| p.peer_id).collect();
-                    for info in peers {
-                        for addr in info.addrs {
-                            self.swarm.add_peer_address(info.peer_id, addr);
+                match result {
+                    QueryResult::StartProviding(r) => {
+                        if let Err(e) = r {
+                            tracing::debug!(error = ?e, "announcement incomplete");
+                        }
+                        self.announcer.done(id, stats.num_requests());
+                    }
+                    QueryResult::GetClosestPeers(r) => {
+                        let peers = match r {
+                            Ok(ok) => ok.peers,
+                            Err(kad::GetClosestPeersError::Timeout { peers, .. }) => peers,
+                        };
+                        let ids = peers.iter().map(|p| p.peer_id).collect();
+                        for info in peers {
+                            for addr in info.addrs {
+                                self.swarm.add_peer_address(info.peer_id, addr);
+                            }
+                        }
+                        if let Some(reply) = self.closest.remove(&id) {
+                            let _ = reply.send(Ok(ids));
+                        }
+                        let Some(parked) = self.unaddressed.remove(&id) else {
+                            return;
+                        };
+                        // Sent either way: without an address the request fails
+                        // with a dial error, which the caller sees.
+                        for (peer, outbound) in parked {
+                            self.send(peer, outbound);
                         }
                     }
-                    if let Some(reply) = self.closest.remove(&id) {
-                        let _ = reply.send(Ok(ids));
-                    }
-                    let Some(parked) = self.unaddressed.remove(&id) else {
-                        return;
-                    };
-                    // Sent either way: without an address the request fails
-                    // with a dial error, which the caller sees.
-                    for (peer, outbound) in parked {
-                        self.send(peer, outbound);
-                    }
-                }
-                QueryResult::GetProviders(r) => {
-                    let Some((found, first, _)) = self.lookups.get_mut(&id) else {
-                        return;
-                    };
-                    match r {
-                        Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) => {
-                            found.extend(providers);
+                    QueryResult::GetProviders(r) => {
+                        let Some((found, first, _)) = self.lookups.get_mut(&id) else {
+                            return;
+                        };
+                        match r {
+                            Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) => {
+                                found.extend(providers);
+                            }
+                            Ok(kad::GetProvidersOk::FinishedWithNoAdditionalRecord { .. }) => {}
+                            Err(e) => tracing::debug!(error = ?e, "provider lookup incomplete"),
                         }
-                        Ok(kad::GetProvidersOk::FinishedWithNoAdditionalRecord { .. }) => {}
-                        Err(e) => tracing::debug!(error = ?e, "provider lookup incomplete"),
-                    }
-                    let done = step.last || (*first && !found.is_empty());
-                    if done && let Some((found, _, reply)) = self.lookups.remove(&id) {
-                        if !step.last
-                            && let Some(mut query) = self.swarm.behaviour_mut().kad.query_mut(&id)
-                        {
-                            query.finish();
+                        let done = step.last || (*first && !found.is_empty());
+                        if done && let Some((found, _, reply)) = self.lookups.remove(&id) {
+                            if !step.last
+                                && let Some(mut query) =
+                                    self.swarm.behaviour_mut().kad.query_mut(&id)
+                            {
+                                query.finish();
+                            }
+                            let _ = reply.send(Ok(found));
                         }
-                        let _ = reply.send(Ok(found));
                     }
+                    _ => {}
                 }
-                _ => {}
-            },
+            }
             _ => {}
         }
     }
@@ -1522,6 +1560,37 @@ impl EventLoop {
                 peer,
                 reason: format!("cannot connect: {reason}"),
             }));
+        }
+        if result.is_ok() {
+            self.release_parked(peer);
+        }
+    }
+
+    /// Sends the requests parked until `peer`'s address was found: a
+    /// connection to it is up (the walk towards it has reached it), so
+    /// they need not wait for the walk's end, which a stalled node can hold
+    /// up for a dial timeout. A walk left with nothing parked is ended.
+    fn release_parked(&mut self, peer: PeerId) {
+        let mut ready = Vec::new();
+        let mut emptied = Vec::new();
+        for (id, parked) in &mut self.unaddressed {
+            let (mine, rest) = std::mem::take(parked)
+                .into_iter()
+                .partition(|(p, _)| *p == peer);
+            *parked = rest;
+            ready.extend(mine.into_iter().map(|(_, o): (PeerId, Outbound)| o));
+            if parked.is_empty() {
+                emptied.push(*id);
+            }
+        }
+        for id in emptied {
+            self.unaddressed.remove(&id);
+            if let Some(mut query) = self.swarm.behaviour_mut().kad.query_mut(&id) {
+                query.finish();
+            }
+        }
+        for outbound in ready {
+            self.send(peer, outbound);
         }
     }
 

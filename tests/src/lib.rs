@@ -303,6 +303,44 @@ pub mod procs {
         }
     }
 
+    impl Devnet {
+        /// The PID of storage node `n` (1-based, as the devnet names it).
+        pub fn node_pid(&self, n: usize) -> Result<String> {
+            child_pid(self.child.id(), &format!("node-{n:02}"))
+        }
+    }
+
+    /// The PID of the child of `parent` whose command line mentions `name`.
+    pub fn child_pid(parent: u32, name: &str) -> Result<String> {
+        for entry in std::fs::read_dir("/proc")? {
+            let pid = entry?.file_name().to_string_lossy().into_owned();
+            let (Ok(stat), Ok(cmdline)) = (
+                std::fs::read_to_string(format!("/proc/{pid}/stat")),
+                std::fs::read(format!("/proc/{pid}/cmdline")),
+            ) else {
+                continue;
+            };
+            // Fields after the parenthesised command name: state, then ppid.
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1));
+            let mentions = String::from_utf8_lossy(&cmdline).contains(name);
+            if ppid == Some(&parent.to_string()) && mentions {
+                return Ok(pid);
+            }
+        }
+        bail!("no child of {parent} runs {name}")
+    }
+
+    /// Sends `signal` (such as "STOP") to process `pid`.
+    pub fn signal(pid: &str, signal: &str) -> Result<()> {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), pid])
+            .status()?;
+        anyhow::ensure!(status.success(), "kill -{signal} {pid} failed");
+        Ok(())
+    }
+
     impl Drop for Devnet {
         fn drop(&mut self) {
             let _ = Command::new("kill")

@@ -9,7 +9,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail, ensure};
-use cairn_tests::procs::bin;
+use cairn_tests::procs::{bin, child_pid, signal};
 
 #[test]
 fn devnet_serves_the_commands_it_prints_and_stops_cleanly() -> Result<()> {
@@ -81,13 +81,7 @@ fn devnet_serves_the_commands_it_prints_and_stops_cleanly() -> Result<()> {
     // Kill m = 3 of the 9 nodes: the rest run on and still serve the file.
     let killed = [1, 2, 3];
     for i in killed {
-        let pid = child_pid(devnet.id(), &format!("node-{i:02}"))?;
-        ensure!(
-            Command::new("kill")
-                .args(["-KILL", &pid])
-                .status()?
-                .success()
-        );
+        signal(&child_pid(devnet.id(), &format!("node-{i:02}"))?, "KILL")?;
     }
     cat().context("3 nodes killed")?;
     ensure!(devnet.try_wait()?.is_none(), "devnet runs on");
@@ -113,26 +107,4 @@ fn devnet_serves_the_commands_it_prints_and_stops_cleanly() -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// The PID of the child of `parent` whose command line mentions `name`.
-fn child_pid(parent: u32, name: &str) -> Result<String> {
-    for entry in std::fs::read_dir("/proc")? {
-        let pid = entry?.file_name().to_string_lossy().into_owned();
-        let (Ok(stat), Ok(cmdline)) = (
-            std::fs::read_to_string(format!("/proc/{pid}/stat")),
-            std::fs::read(format!("/proc/{pid}/cmdline")),
-        ) else {
-            continue;
-        };
-        // Fields after the parenthesised command name: state, then ppid.
-        let ppid = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1));
-        let mentions = String::from_utf8_lossy(&cmdline).contains(name);
-        if ppid == Some(&parent.to_string()) && mentions {
-            return Ok(pid);
-        }
-    }
-    bail!("no child of {parent} runs {name}")
 }

@@ -22,7 +22,7 @@ use futures::stream::FuturesUnordered;
 use libp2p::PeerId;
 use tokio::task::JoinHandle;
 
-use super::{DEFAULT_HEDGE_AFTER, find_manifest, lock};
+use super::{DEFAULT_HEDGE_AFTER, Hedge, find_manifest, lock};
 use crate::direct;
 use crate::node::{Handle, RequestError};
 
@@ -30,7 +30,8 @@ use crate::node::{Handle, RequestError};
 pub struct GetOptions {
     /// Segments fetched ahead of the reader (each up to `k × piece_size` bytes).
     pub segments_in_flight: usize,
-    /// A piece not in after this long is backed up by fetching another piece.
+    /// A piece not in after this long at most is backed up by fetching
+    /// another piece; sooner once pieces come in ([`Hedge`]).
     pub hedge_after: Duration,
 }
 
@@ -58,6 +59,8 @@ pub struct GetStats {
     pub dropped: BTreeSet<PeerId>,
     /// Holders that were slow to answer, so another piece was fetched.
     pub slow: BTreeSet<PeerId>,
+    /// Holders a request to failed: unreachable, or the connection broke.
+    pub failed: BTreeSet<PeerId>,
     /// Segments fetched again, every piece checked, after a block in them
     /// did not match its CID.
     pub rechecked: u64,
@@ -82,6 +85,7 @@ pub struct Content {
     /// Sealed content's key: the stored file is its ciphertext.
     key: Option<Key>,
     options: GetOptions,
+    hedge: Arc<Hedge>,
     stats: Arc<Mutex<GetStats>>,
 }
 
@@ -97,6 +101,7 @@ impl Content {
         let Some(manifest) = find_manifest(net, root).await? else {
             return Err(Unknown(root).into());
         };
+        tracing::debug!(%root, segments = manifest.segments.len(), "manifest found");
         Ok(Content {
             net: net.clone(),
             manifest: Arc::new(manifest),
@@ -104,6 +109,7 @@ impl Content {
                 Target::Plain(_) => None,
                 Target::Sealed(h) => Some(h.key),
             },
+            hedge: Arc::new(Hedge::new(options.hedge_after)),
             options,
             stats: Arc::default(),
         })
@@ -355,7 +361,7 @@ impl NetSource<'_> {
             c.manifest.clone(),
             index,
             self.checked.contains(&index),
-            c.options.hedge_after,
+            c.hedge.clone(),
             c.stats.clone(),
         ))
     }
@@ -481,7 +487,7 @@ impl BlockSource for NetSource<'_> {
 
 /// Fetches any `k` pieces of segment `index` (data pieces first) and
 /// decodes the segment if a data piece is missing. A piece slower than
-/// `hedge_after` is backed up by the next one. Parity pieces are checked
+/// `hedge` allows is backed up by the next one. Parity pieces are checked
 /// against their CIDs, data pieces only if `check_data`: the reader checks
 /// every block in them anyway, and fetches the segment again, checked,
 /// should one fail ([`NetSource::rejected`]).
@@ -490,7 +496,7 @@ async fn fetch_segment(
     manifest: Arc<Manifest>,
     index: u64,
     check_data: bool,
-    hedge_after: Duration,
+    hedge: Arc<Hedge>,
     stats: Arc<Mutex<GetStats>>,
 ) -> Result<Arc<Segment>> {
     let scheme = manifest.scheme;
@@ -506,19 +512,29 @@ async fn fetch_segment(
         .collect();
     let order = {
         let s = lock(&stats);
-        fetch_order(k, &hints, |p| s.slow.contains(p) || s.dropped.contains(p))
+        fetch_order(k, &hints, |p| {
+            s.slow.contains(p) || s.dropped.contains(p) || s.failed.contains(p)
+        })
     };
     // The `n`th piece to try, in `order`.
     let attempt = |n: usize| {
         let i = order[n];
-        let (net, stats, asking) = (net.clone(), stats.clone(), asking.clone());
+        let (net, stats, asking, hedge) =
+            (net.clone(), stats.clone(), asking.clone(), hedge.clone());
         let want = Want {
             cid: cids[i],
             len: piece_len,
             check: check_data || i >= k,
             hint: hints[i],
         };
-        async move { (i, fetch_piece(&net, want, i, &asking, &stats).await) }
+        async move {
+            let start = Instant::now();
+            let result = fetch_piece(&net, want, i, &asking, &stats).await;
+            if result.is_ok() {
+                hedge.answered(start.elapsed());
+            }
+            (i, result)
+        }
     };
     let mut attempts = FuturesUnordered::new();
     let mut started: HashMap<usize, Instant> = HashMap::new();
@@ -530,7 +546,7 @@ async fn fetch_segment(
         started.insert(order[next], Instant::now());
         next += 1;
     }
-    let mut tick = tokio::time::interval(hedge_after.min(Duration::from_secs(1)));
+    let mut tick = tokio::time::interval(hedge.tick());
     while have < k {
         if attempts.is_empty() {
             bail!(
@@ -557,10 +573,10 @@ async fn fetch_segment(
                 }
             }
             _ = tick.tick() => {
-                let now = Instant::now();
+                let (now, after) = (Instant::now(), hedge.after());
                 let slow: Vec<usize> = started
                     .iter()
-                    .filter(|(_, t)| now - **t >= hedge_after)
+                    .filter(|(_, t)| now - **t >= after)
                     .map(|(i, _)| *i)
                     .collect();
                 for i in slow {
@@ -580,6 +596,7 @@ async fn fetch_segment(
     }
     drop(attempts);
     let decoded = pieces[..k].iter().any(Option::is_none);
+    tracing::debug!(segment = index, decoded, "segment fetched");
     let len = manifest.segment_len(index);
     let data = if decoded {
         tokio::task::spawn_blocking(move || decode(scheme, pieces))
@@ -601,7 +618,7 @@ async fn fetch_segment(
 
 /// The order to try a segment's pieces in: data pieces first (no decoding
 /// when they all arrive), then parity, and last of all those whose named
-/// holder this get already found slow or lying (`avoid`), so that a
+/// holder this get already found slow, failing or lying (`avoid`), so that a
 /// stalled node costs one wait, not one per segment.
 fn fetch_order(k: usize, hints: &[Option<PeerId>], avoid: impl Fn(&PeerId) -> bool) -> Vec<usize> {
     let mut order: Vec<usize> = (0..hints.len()).collect();
@@ -684,7 +701,10 @@ async fn fetch_piece(
                 last = format!("{peer} sent bad bytes");
             }
             Ok(other) => last = format!("{peer} answered {other:?}"),
-            Err(e) => last = format!("{e}"),
+            Err(e) => {
+                lock(stats).failed.insert(peer);
+                last = format!("{e}");
+            }
         }
         None
     };

@@ -22,12 +22,12 @@ use cairn_protocol::wire::{RejectReason, StoreRequest, StoreResponse, Transfer};
 use cid::Cid;
 use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
-use libp2p::PeerId;
+use libp2p::{PeerId, kad};
 use rand::RngCore as _;
 use tokio::sync::mpsc;
 use xxhash_rust::xxh3::xxh3_128;
 
-use super::{DEFAULT_HEDGE_AFTER, find_manifest, lock, node_key};
+use super::{DEFAULT_HEDGE_AFTER, Hedge, find_manifest, lock, node_key};
 use crate::add::{self, Options};
 use crate::node::{Handle, RequestError};
 
@@ -149,8 +149,9 @@ pub async fn add(
         net: net.clone(),
         k: options.scheme.k as usize,
         expires_at: net.now() + options.term.as_secs(),
-        hedge_after: options.hedge_after,
+        hedge: Hedge::new(options.hedge_after),
         excluded: Mutex::new(HashSet::from([net.peer_id()])),
+        everyone: Mutex::new(None),
         replaced: Mutex::new(0),
     });
     let (tx, mut rx) = mpsc::channel::<EncodedSegment>(1);
@@ -335,20 +336,37 @@ struct Shared {
     net: Handle,
     k: usize,
     expires_at: u64,
-    hedge_after: Duration,
+    hedge: Hedge,
     /// This client and the nodes that refused or failed: not asked again.
     excluded: Mutex<HashSet<PeerId>>,
+    /// Every DHT server, once a walk found fewer than a bucket's worth of
+    /// them (the whole network): later segments need no walk of their own.
+    everyone: Mutex<Option<Vec<PeerId>>>,
     replaced: Mutex<usize>,
 }
 
 impl Shared {
     /// Candidate nodes for a key, closest first, without excluded ones.
     async fn candidates(&self, key: Cid) -> Result<Vec<PeerId>> {
-        let peers = self
-            .net
-            .closest_peers(key)
-            .await
-            .context("cannot find storage nodes in the DHT")?;
+        let known = lock(&self.everyone).clone();
+        let peers = match known {
+            Some(mut all) => {
+                let target = kad::KBucketKey::new(key.to_bytes());
+                all.sort_by_cached_key(|p| target.distance(&kad::KBucketKey::from(*p)));
+                all
+            }
+            None => {
+                let found = self
+                    .net
+                    .closest_peers(key)
+                    .await
+                    .context("cannot find storage nodes in the DHT")?;
+                if found.len() < kad::K_VALUE.get() {
+                    *lock(&self.everyone) = Some(found.clone());
+                }
+                found
+            }
+        };
         let excluded = lock(&self.excluded);
         Ok(peers
             .into_iter()
@@ -457,7 +475,11 @@ async fn place_segment(
     let attempt = |i: usize, peer: PeerId, (cid, data): (Cid, Bytes)| {
         let shared = shared.clone();
         async move {
+            let start = Instant::now();
             let result = upload(&shared.net, peer, cid, data, shared.expires_at).await;
+            if result.is_ok() {
+                shared.hedge.answered(start.elapsed());
+            }
             (i, peer, result)
         }
     };
@@ -472,7 +494,7 @@ async fn place_segment(
             ),
         }
     }
-    let mut tick = tokio::time::interval(shared.hedge_after.min(Duration::from_secs(1)));
+    let mut tick = tokio::time::interval(shared.hedge.tick());
     while !plan.done() {
         tokio::select! {
             Some((i, peer, result)) = attempts.next() => {
@@ -506,7 +528,7 @@ async fn place_segment(
                 }
             }
             _ = tick.tick() => {
-                for i in plan.stragglers(Instant::now(), shared.hedge_after) {
+                for i in plan.stragglers(Instant::now(), shared.hedge.after()) {
                     if let Some(peer) = plan.start(i, Instant::now()) {
                         tracing::info!(%peer, piece = %pieces[i].0, segment = index, "piece upload is slow; asking another node too");
                         attempts.push(attempt(i, peer, pieces[i].clone()));

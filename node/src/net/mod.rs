@@ -4,6 +4,7 @@
 pub mod codec;
 pub mod providers;
 pub mod relay_slots;
+pub mod walks;
 
 use std::time::Duration;
 
