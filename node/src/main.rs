@@ -192,8 +192,10 @@ struct AddArgs {
 
 #[derive(clap::Args)]
 struct GetArgs {
-    /// Seconds before a slow holder is backed up by fetching another piece
-    /// (by a client of the command's own; a node uses its default).
+    /// Seconds at most before a slow holder is backed up by fetching another
+    /// piece; sooner once pieces come in: after 4 times their median time,
+    /// at least 1 s (by a client of the command's own; a node uses its
+    /// default).
     #[arg(long, default_value_t = client::DEFAULT_HEDGE_AFTER.as_secs_f64())]
     hedge_after: f64,
     #[command(flatten)]
