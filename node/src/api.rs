@@ -83,6 +83,21 @@ pub struct PinResult {
     pub changed: bool,
 }
 
+/// A running node's state, as `cairn status --json` prints it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub peer_id: String,
+    pub connected_peers: usize,
+    /// Peers in the DHT routing table.
+    pub routing_table: usize,
+    pub pieces: u64,
+    /// Bytes of pieces stored, and the most the node stores.
+    pub used: u64,
+    pub capacity: u64,
+    /// Stored pieces not yet announced in the DHT, or being announced.
+    pub announcing: usize,
+}
+
 /// What an add did, as `cairn add --json` prints it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AddResult {
@@ -339,15 +354,17 @@ async fn auth(State(ctx): State<Ctx>, req: Request, next: Next) -> Response {
     next.run(req).await
 }
 
-async fn status(State(ctx): State<Ctx>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn status(State(ctx): State<Ctx>) -> Result<Json<NodeStatus>, ApiError> {
     let s = ctx.net.status().await.map_err(|e| failed(e.into()))?;
-    Ok(Json(serde_json::json!({
-        "peer_id": ctx.net.peer_id().to_string(),
-        "connected_peers": s.connected_peers,
-        "pieces": s.pieces,
-        "used": s.used,
-        "capacity": s.capacity,
-    })))
+    Ok(Json(NodeStatus {
+        peer_id: ctx.net.peer_id().to_string(),
+        connected_peers: s.connected_peers,
+        routing_table: s.routing_table,
+        pieces: s.pieces,
+        used: s.used,
+        capacity: s.capacity,
+        announcing: s.announcing,
+    }))
 }
 
 fn absolute(path: &Path) -> Result<(), ApiError> {
@@ -663,6 +680,15 @@ impl Remote {
             .post(self.url(endpoint))
             .header("Authorization", self.bearer())
             .send_json(PinRequest { cid: cid.into() });
+        Ok(self.call(sent)?.body_mut().read_json()?)
+    }
+
+    pub fn status(&self) -> Result<NodeStatus> {
+        let sent = self
+            .agent
+            .get(self.url("status"))
+            .header("Authorization", self.bearer())
+            .call();
         Ok(self.call(sent)?.body_mut().read_json()?)
     }
 

@@ -74,6 +74,15 @@ enum Command {
     /// config file, then the defaults shown. Logs go to stderr (RUST_LOG sets
     /// the level, default info); the peer ID and addresses go to stdout.
     Node(NodeArgs),
+    /// Show a running node's state: its peer ID, its peers, the pieces it
+    /// stores and the space they use, and how many it has still to announce.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        node: NodeDir,
+    },
     /// Inspect a node's piece store (while the node is stopped).
     #[command(subcommand)]
     Store(StoreCommand),
@@ -124,7 +133,7 @@ enum PinCommand {
     },
 }
 
-/// Which running node a pin command talks to.
+/// Which running node a status or pin command talks to.
 #[derive(clap::Args)]
 struct NodeDir {
     /// The data directory of the node [default: as for `cairn node`].
@@ -137,7 +146,7 @@ impl NodeDir {
         let dir = self.data_dir.unwrap_or_else(config::default_data_dir);
         api::Remote::find(&dir)?.with_context(|| {
             format!(
-                "no node is running in {}: pins live in a running node (`cairn node --data-dir {}`)",
+                "no node is running in {}: start one with `cairn node --data-dir {}` (pins live in a running node)",
                 dir.display(),
                 dir.display()
             )
@@ -400,6 +409,29 @@ fn run() -> Result<()> {
             out!("{root}")?;
         }
         Command::Pin(cmd) => pin(cmd)?,
+        Command::Status { json, node } => {
+            let s = node.remote()?.status()?;
+            if json {
+                out!("{}", serde_json::to_string(&s)?)?;
+            } else {
+                out!("peer ID     {}", s.peer_id)?;
+                out!(
+                    "peers       {} connected, {} in the DHT routing table",
+                    s.connected_peers,
+                    s.routing_table
+                )?;
+                out!(
+                    "pieces      {}, {} of {}",
+                    s.pieces,
+                    ByteSize(s.used),
+                    ByteSize(s.capacity)
+                )?;
+                out!(
+                    "announcing  {}",
+                    plural(s.announcing as u64, "piece", "pieces")
+                )?;
+            }
+        }
         Command::Car(CarCommand::Verify { car }) => {
             let file =
                 File::open(&car).with_context(|| format!("cannot open {}", car.display()))?;
@@ -572,8 +604,6 @@ fn add(args: AddArgs) -> Result<()> {
         if added.already_stored {
             eprintln!("the network already has this content; nothing uploaded");
         } else {
-            let plural =
-                |n: u64, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
             eprintln!(
                 "added {} in {}: {} ({}) on distinct nodes, manifest on {}",
                 ByteSize(added.bytes),
@@ -829,4 +859,9 @@ fn progress_bar(show: bool) -> ProgressBar {
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar
+}
+
+/// "1 piece", "2 pieces".
+fn plural(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }

@@ -940,7 +940,7 @@ struct EventLoop {
     /// Provider lookups: found so far, whether the first find ends it.
     lookups: HashMap<QueryId, (HashSet<PeerId>, bool, ProvidersReply)>,
     closest: HashMap<QueryId, oneshot::Sender<Result<Vec<PeerId>, RequestError>>>,
-    /// Lookups and walks above, ended early when they stall.
+    /// Lookups, walks and announcements in flight, ended early when they stall.
     walks: Walks,
     /// Fetches a [`Fault::Stall`] node holds unanswered (bounded).
     stalled: VecDeque<ResponseChannel<FetchResponse>>,
@@ -1043,6 +1043,7 @@ impl EventLoop {
             match self.swarm.behaviour_mut().kad.start_providing(key) {
                 Ok(id) => {
                     self.announcer.in_flight.insert(id, piece);
+                    self.walks.start(id, Instant::now());
                 }
                 Err(e) => tracing::warn!(%piece, error = %e, "cannot announce piece"),
             }

@@ -304,6 +304,11 @@ pub mod procs {
     }
 
     impl Devnet {
+        /// The data directory of storage node `n` (1-based).
+        pub fn node_dir(&self, n: usize) -> PathBuf {
+            self._dir.path().join(format!("node-{n:02}"))
+        }
+
         /// The PID of storage node `n` (1-based, as the devnet names it).
         pub fn node_pid(&self, n: usize) -> Result<String> {
             child_pid(self.child.id(), &format!("node-{n:02}"))

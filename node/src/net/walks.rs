@@ -6,8 +6,9 @@
 //! it ends with the peers that did answer. A plain state machine of (now,
 //! each walk's answer count); the event loop asks Kademlia and ends them.
 //!
-//! Announcements are not walks of this kind: a provider record belongs on
-//! the closest peers, so those run their course.
+//! An announcement ended early during its walk goes on to send its
+//! provider record to the closest peers that answered (kad's own phase
+//! change), so the record lands on every closest peer but the stalled ones.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
