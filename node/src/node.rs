@@ -321,8 +321,6 @@ pub struct Status {
     pub announce_requests: u64,
     /// Duration of the last completed round.
     pub last_round: Option<Duration>,
-    /// DHT lookups ended early because they stalled on unresponsive peers.
-    pub walks_ended: u64,
     /// Freshly stored pieces not yet announced, and announcements in flight.
     pub announcing: usize,
 }
@@ -1182,7 +1180,6 @@ impl EventLoop {
                 s.announcing = self.announcer.fresh.len() + self.announcer.in_flight.len();
                 s.connected_peers = connected_peers;
                 s.routing_table = b.kad.kbuckets().map(|k| k.num_entries()).sum();
-                s.walks_ended = self.walks.ended;
                 s.pieces = self.store.count();
                 s.used = self.store.used();
                 s.capacity = self.store.limits().capacity;

@@ -73,8 +73,8 @@ fn a_frozen_node_costs_an_add_and_a_get_seconds_not_timeouts() -> Result<()> {
     ensure!(took < TIMEOUT, "the add waited out a timeout: {took:?}");
     // Each live node announces what it stored without waiting for the
     // frozen one. An announcement that waited out Kademlia's timeout would
-    // end 10 s after its piece was stored, late in the add: half that after
-    // the add's end is already too late.
+    // end 10 s after its piece was stored, late in the add: 7 s after the
+    // add's end is already too late.
     let added_at = Instant::now();
     for n in (1..=devnet.nodes.len()).filter(|&i| i != frozen) {
         let dir = devnet.node_dir(n);
@@ -86,7 +86,7 @@ fn a_frozen_node_costs_an_add_and_a_get_seconds_not_timeouts() -> Result<()> {
                 break;
             }
             ensure!(
-                added_at.elapsed() < TIMEOUT / 2,
+                added_at.elapsed() < TIMEOUT * 7 / 10,
                 "node-{n:02} still announcing: {status}"
             );
             std::thread::sleep(Duration::from_millis(100));
