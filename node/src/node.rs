@@ -1011,7 +1011,8 @@ impl EventLoop {
     }
 
     /// Ends each walk that has stalled on unresponsive peers; it reports
-    /// the peers that answered as if it had run its course.
+    /// the peers that answered as if it had run its course. Walks kad has
+    /// finished since are forgotten here.
     fn end_stalled_walks(&mut self) {
         let now = Instant::now();
         let kad = &mut self.swarm.behaviour_mut().kad;
@@ -1296,65 +1297,59 @@ impl EventLoop {
                 result,
                 stats,
                 step,
-            } => {
-                if step.last {
-                    self.walks.done(&id);
+            } => match result {
+                QueryResult::StartProviding(r) => {
+                    if let Err(e) = r {
+                        tracing::debug!(error = ?e, "announcement incomplete");
+                    }
+                    self.announcer.done(id, stats.num_requests());
                 }
-                match result {
-                    QueryResult::StartProviding(r) => {
-                        if let Err(e) = r {
-                            tracing::debug!(error = ?e, "announcement incomplete");
-                        }
-                        self.announcer.done(id, stats.num_requests());
-                    }
-                    QueryResult::GetClosestPeers(r) => {
-                        let peers = match r {
-                            Ok(ok) => ok.peers,
-                            Err(kad::GetClosestPeersError::Timeout { peers, .. }) => peers,
-                        };
-                        let ids = peers.iter().map(|p| p.peer_id).collect();
-                        for info in peers {
-                            for addr in info.addrs {
-                                self.swarm.add_peer_address(info.peer_id, addr);
-                            }
-                        }
-                        if let Some(reply) = self.closest.remove(&id) {
-                            let _ = reply.send(Ok(ids));
-                        }
-                        let Some(parked) = self.unaddressed.remove(&id) else {
-                            return;
-                        };
-                        // Sent either way: without an address the request fails
-                        // with a dial error, which the caller sees.
-                        for (peer, outbound) in parked {
-                            self.send(peer, outbound);
+                QueryResult::GetClosestPeers(r) => {
+                    let peers = match r {
+                        Ok(ok) => ok.peers,
+                        Err(kad::GetClosestPeersError::Timeout { peers, .. }) => peers,
+                    };
+                    let ids = peers.iter().map(|p| p.peer_id).collect();
+                    for info in peers {
+                        for addr in info.addrs {
+                            self.swarm.add_peer_address(info.peer_id, addr);
                         }
                     }
-                    QueryResult::GetProviders(r) => {
-                        let Some((found, first, _)) = self.lookups.get_mut(&id) else {
-                            return;
-                        };
-                        match r {
-                            Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) => {
-                                found.extend(providers);
-                            }
-                            Ok(kad::GetProvidersOk::FinishedWithNoAdditionalRecord { .. }) => {}
-                            Err(e) => tracing::debug!(error = ?e, "provider lookup incomplete"),
-                        }
-                        let done = step.last || (*first && !found.is_empty());
-                        if done && let Some((found, _, reply)) = self.lookups.remove(&id) {
-                            if !step.last
-                                && let Some(mut query) =
-                                    self.swarm.behaviour_mut().kad.query_mut(&id)
-                            {
-                                query.finish();
-                            }
-                            let _ = reply.send(Ok(found));
-                        }
+                    if let Some(reply) = self.closest.remove(&id) {
+                        let _ = reply.send(Ok(ids));
                     }
-                    _ => {}
+                    let Some(parked) = self.unaddressed.remove(&id) else {
+                        return;
+                    };
+                    // Sent either way: without an address the request fails
+                    // with a dial error, which the caller sees.
+                    for (peer, outbound) in parked {
+                        self.send(peer, outbound);
+                    }
                 }
-            }
+                QueryResult::GetProviders(r) => {
+                    let Some((found, first, _)) = self.lookups.get_mut(&id) else {
+                        return;
+                    };
+                    match r {
+                        Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) => {
+                            found.extend(providers);
+                        }
+                        Ok(kad::GetProvidersOk::FinishedWithNoAdditionalRecord { .. }) => {}
+                        Err(e) => tracing::debug!(error = ?e, "provider lookup incomplete"),
+                    }
+                    let done = step.last || (*first && !found.is_empty());
+                    if done && let Some((found, _, reply)) = self.lookups.remove(&id) {
+                        if !step.last
+                            && let Some(mut query) = self.swarm.behaviour_mut().kad.query_mut(&id)
+                        {
+                            query.finish();
+                        }
+                        let _ = reply.send(Ok(found));
+                    }
+                }
+                _ => {}
+            },
             _ => {}
         }
     }
@@ -1572,11 +1567,7 @@ impl EventLoop {
         let mut ready = Vec::new();
         let mut emptied = Vec::new();
         for (id, parked) in &mut self.unaddressed {
-            let (mine, rest) = std::mem::take(parked)
-                .into_iter()
-                .partition(|(p, _)| *p == peer);
-            *parked = rest;
-            ready.extend(mine.into_iter().map(|(_, o): (PeerId, Outbound)| o));
+            ready.extend(parked.extract_if(.., |(p, _)| *p == peer).map(|(_, o)| o));
             if parked.is_empty() {
                 emptied.push(*id);
             }

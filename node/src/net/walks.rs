@@ -49,7 +49,7 @@ impl Walks {
         self.progress.insert(id, progress);
     }
 
-    /// The walk is over (it ran its course, or was ended).
+    /// The walk is over: kad no longer knows it.
     pub fn done(&mut self, id: &QueryId) {
         self.progress.remove(id);
     }
