@@ -684,31 +684,31 @@ impl Remote {
     }
 
     pub fn status(&self) -> Result<NodeStatus> {
-        let sent = self
-            .agent
-            .get(self.url("status"))
-            .header("Authorization", self.bearer())
-            .call();
-        Ok(self.call(sent)?.body_mut().read_json()?)
+        self.get_json("status", None)
     }
 
     pub fn pin_ls(&self) -> Result<Vec<PinSummary>> {
-        let sent = self
-            .agent
-            .get(self.url("pin/ls"))
-            .header("Authorization", self.bearer())
-            .call();
-        Ok(self.call(sent)?.body_mut().read_json()?)
+        self.get_json("pin/ls", None)
     }
 
     pub fn pin_status(&self, cid: &str) -> Result<PinStatus> {
-        let sent = self
+        self.get_json("pin/status", Some(("cid", cid)))
+    }
+
+    /// A GET of `endpoint` (with one query parameter, if any), its JSON answer.
+    fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        endpoint: &str,
+        query: Option<(&str, &str)>,
+    ) -> Result<T> {
+        let mut req = self
             .agent
-            .get(self.url("pin/status"))
-            .header("Authorization", self.bearer())
-            .query("cid", cid)
-            .call();
-        Ok(self.call(sent)?.body_mut().read_json()?)
+            .get(self.url(endpoint))
+            .header("Authorization", self.bearer());
+        if let Some((key, value)) = query {
+            req = req.query(key, value);
+        }
+        Ok(self.call(req.call())?.body_mut().read_json()?)
     }
 
     pub fn cat(
