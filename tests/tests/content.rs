@@ -320,6 +320,16 @@ async fn content_survives_stopped_garbage_and_stalling_holders() -> Result<()> {
     let segments = manifest.segments.len() as u64;
     ensure!(segments == 5, "100 MiB in 24 MiB segments: {segments}");
 
+    // A whole read fetches each segment once, but for the last: it holds
+    // the root, read first, and is read again for its leaves at the end.
+    let (bytes, stats) = read(h, added.root, 0, None, GetOptions::default()).await?;
+    ensure!(bytes == data, "content differs");
+    ensure!(
+        stats.segment_fetches == segments + 1,
+        "{} segment fetches for {segments} segments",
+        stats.segment_fetches
+    );
+
     // Ranges across segment boundaries fetch only the segments they need:
     // those of their leaves, and those of the inner nodes above them.
     let seg = manifest.segment_size();

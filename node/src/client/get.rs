@@ -380,7 +380,8 @@ impl NetSource<'_> {
         self.keep_inner(index, &segment);
         self.cache.push_back((index, segment.clone()));
         if self.cache.len() > SEGMENTS_CACHED {
-            self.cache.pop_front();
+            let drop = evictee(self.cache.iter().map(|(i, _)| *i), index);
+            self.cache.remove(drop);
         }
         Ok(segment)
     }
@@ -433,6 +434,23 @@ impl NetSource<'_> {
             }
         }
     }
+}
+
+/// Which of the cached segments (least recently used first) to drop now
+/// that segment `landed` is read: the lowest below it, which the reader
+/// has passed, else the least recently used.
+///
+/// The reader takes leaves in stream order, and a file's inner node
+/// follows its leaves, so reading one pulls in a segment ahead of the
+/// leaves: dropping that one first would fetch it again a moment later.
+fn evictee(cached: impl Iterator<Item = u64>, landed: u64) -> usize {
+    let mut passed = None;
+    for (at, i) in cached.enumerate() {
+        if i < landed && passed.is_none_or(|(_, lowest)| i < lowest) {
+            passed = Some((at, i));
+        }
+    }
+    passed.map_or(0, |(at, _)| at)
 }
 
 impl BlockSource for NetSource<'_> {
@@ -738,6 +756,18 @@ async fn fetch_piece(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cache_drops_a_passed_segment_before_one_ahead() {
+        // Segment 3 was read for an inner node while the leaves are in 1:
+        // landing 2 drops 1, not 3, which the leaves reach next.
+        assert_eq!(evictee([3, 1, 2].into_iter(), 2), 1);
+        // Of several passed, the lowest.
+        assert_eq!(evictee([5, 3, 4, 6].into_iter(), 6), 1);
+        // None passed (the root's segment, last in the stream, read first):
+        // the least recently used.
+        assert_eq!(evictee([42, 1, 0].into_iter(), 0), 0);
+    }
 
     /// Holders named by each lookup, and what each holder answers.
     struct Net {
