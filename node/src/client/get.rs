@@ -180,6 +180,7 @@ impl Content {
             rt: tokio::runtime::Handle::current(),
             locate: self.manifest.locate(),
             inner_at: self.inner_blocks(),
+            leaves_at: plan.first().copied().unwrap_or(0),
             plan,
             in_flight: HashMap::new(),
             cache: VecDeque::new(),
@@ -318,6 +319,9 @@ struct NetSource<'a> {
     /// The dag-pb blocks and their stream ranges, in stream order.
     inner_at: Vec<(Cid, Range<u64>)>,
     plan: Vec<u64>,
+    /// The last segment of the last leaf read (the plan's first before
+    /// any): the reader has passed the segments below it.
+    leaves_at: u64,
     in_flight: HashMap<u64, JoinHandle<Result<Arc<Segment>>>>,
     /// Recently read segments, newest last.
     cache: VecDeque<(u64, Arc<Segment>)>,
@@ -335,8 +339,15 @@ impl NetSource<'_> {
             return Ok(hit.1);
         }
         let window = self.content.options.segments_in_flight.max(1);
+        // From the leaves on, not from `index`: an inner node is read before
+        // the leaves in the segments before it.
         let ahead: Vec<u64> = std::iter::once(index)
-            .chain(self.plan.iter().copied().filter(|&s| s > index))
+            .chain(
+                self.plan
+                    .iter()
+                    .copied()
+                    .filter(|&s| s >= self.leaves_at && s != index),
+            )
             .take(window)
             .collect();
         for s in ahead {
@@ -380,7 +391,7 @@ impl NetSource<'_> {
         self.keep_inner(index, &segment);
         self.cache.push_back((index, segment.clone()));
         if self.cache.len() > SEGMENTS_CACHED {
-            let drop = evictee(self.cache.iter().map(|(i, _)| *i), index);
+            let drop = evictee(self.cache.iter().map(|(i, _)| *i), self.leaves_at);
             self.cache.remove(drop);
         }
         Ok(segment)
@@ -436,17 +447,17 @@ impl NetSource<'_> {
     }
 }
 
-/// Which of the cached segments (least recently used first) to drop now
-/// that segment `landed` is read: the lowest below it, which the reader
-/// has passed, else the least recently used.
+/// Which of the cached segments (least recently used first) to drop: the
+/// lowest below `leaves_at`, which the reader has passed, else the least
+/// recently used.
 ///
 /// The reader takes leaves in stream order, and a file's inner node
 /// follows its leaves, so reading one pulls in a segment ahead of the
 /// leaves: dropping that one first would fetch it again a moment later.
-fn evictee(cached: impl Iterator<Item = u64>, landed: u64) -> usize {
+fn evictee(cached: impl Iterator<Item = u64>, leaves_at: u64) -> usize {
     let mut passed = None;
     for (at, i) in cached.enumerate() {
-        if i < landed && passed.is_none_or(|(_, lowest)| i < lowest) {
+        if i < leaves_at && passed.is_none_or(|(_, lowest)| i < lowest) {
             passed = Some((at, i));
         }
     }
@@ -465,6 +476,10 @@ impl BlockSource for NetSource<'_> {
             ));
         };
         let size = self.content.manifest.segment_size();
+        if cid.codec() == RAW && at.end > at.start {
+            // Its last: the parts before it are sliced out first.
+            self.leaves_at = (at.end - 1) / size;
+        }
         let mut parts = Vec::new();
         for s in self.content.manifest.segments_for(at.clone()) {
             let base = s * size;
@@ -759,8 +774,8 @@ mod tests {
 
     #[test]
     fn the_cache_drops_a_passed_segment_before_one_ahead() {
-        // Segment 3 was read for an inner node while the leaves are in 1:
-        // landing 2 drops 1, not 3, which the leaves reach next.
+        // Segment 3 was read for an inner node while the leaves were in 1;
+        // now they are in 2: drop 1, not 3, which the leaves reach next.
         assert_eq!(evictee([3, 1, 2].into_iter(), 2), 1);
         // Of several passed, the lowest.
         assert_eq!(evictee([5, 3, 4, 6].into_iter(), 6), 1);
