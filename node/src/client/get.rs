@@ -38,7 +38,7 @@ pub struct GetOptions {
 impl Default for GetOptions {
     fn default() -> Self {
         GetOptions {
-            segments_in_flight: 3,
+            segments_in_flight: 4,
             hedge_after: DEFAULT_HEDGE_AFTER,
         }
     }
