@@ -4,6 +4,7 @@
 //   node ref.mjs hash FILE...        root CID of each file, importer defaults
 //   node ref.mjs dir DIR             root CID of a directory tree (hidden entries skipped, as `ipfs add -r`)
 //   node ref.mjs car FILE OUT.car    import FILE and write its blocks as a CAR v1
+//   node ref.mjs car0 FILE OUT.car   the same, imported as `ipfs add` does by default (CIDv0, dag-pb leaves)
 //   node ref.mjs readcar IN.car      read a CAR with @ipld/car, verify every block, export the root's bytes
 import { importer } from 'ipfs-unixfs-importer'
 import { exporter } from 'ipfs-unixfs-exporter'
@@ -16,11 +17,14 @@ import { createHash } from 'node:crypto'
 import { join, basename } from 'node:path'
 import { Readable } from 'node:stream'
 
-async function importOne (entries, blockstore) {
+async function importOne (entries, blockstore, options = {}) {
   let last
-  for await (const entry of importer(entries, blockstore)) last = entry
+  for await (const entry of importer(entries, blockstore, options)) last = entry
   return last
 }
+
+// kubo's `ipfs add` without flags: CIDv0, leaves as dag-pb nodes of UnixFS type Raw.
+const KUBO_V0 = { cidVersion: 0, rawLeaves: false, leafType: 'raw' }
 
 function walk (dir, rel, out) {
   out.push({ path: rel })
@@ -56,8 +60,8 @@ if (cmd === 'hash') {
   let root
   for await (const entry of importer(entries, bs)) if (entry.path === basename(args[0])) root = entry
   console.log(JSON.stringify(root.cid.toString()))
-} else if (cmd === 'car') {
-  const entry = await importOne([{ content: createReadStream(args[0]) }], bs)
+} else if (cmd === 'car' || cmd === 'car0') {
+  const entry = await importOne([{ content: createReadStream(args[0]) }], bs, cmd === 'car0' ? KUBO_V0 : {})
   const { writer, out } = CarWriter.create([entry.cid])
   const done = new Promise((resolve, reject) => Readable.from(out).pipe(createWriteStream(args[1])).on('finish', resolve).on('error', reject))
   for (const block of bs.written.values()) await writer.put(block)

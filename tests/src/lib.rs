@@ -70,6 +70,16 @@ pub mod reference {
         ])?)?)
     }
 
+    /// As [`write_car`], imported as `ipfs add` does by default: CIDv0,
+    /// dag-pb leaves.
+    pub fn write_car_v0(file: &Path, car: &Path) -> Result<String> {
+        Ok(serde_json::from_value(run(&[
+            "car0",
+            path(file),
+            path(car),
+        ])?)?)
+    }
+
     /// What @ipld/car and the reference exporter read from a CAR.
     #[derive(Debug, serde::Deserialize)]
     pub struct CarSummary {

@@ -22,6 +22,7 @@ use cairn_protocol::car::CarWriter;
 use cairn_protocol::seal::{self, Key, RECORD, Sealer};
 use cairn_protocol::unixfs::{ByteCount, CHUNK_SIZE, import_file};
 use cairn_tests::procs::{Proc, bin};
+use cairn_tests::reference;
 use cid::Cid;
 use common::random_piece;
 
@@ -327,6 +328,24 @@ async fn content_survives_stopped_garbage_and_stalling_holders() -> Result<()> {
     ensure!(
         stats.segment_fetches == segments + 1,
         "{} segment fetches for {segments} segments",
+        stats.segment_fetches
+    );
+    // The same for content as `ipfs add` imports it by default, whose
+    // leaves are dag-pb nodes (added from the reference importer's CAR).
+    let car = work.path().join("v0.car");
+    let v0: Cid = reference::write_car_v0(&work.path().join("big"), &car)?.parse()?;
+    let added_v0 = add(h, Input::Car(car), &AddOptions::default()).await?;
+    ensure!(added_v0.root == v0 && v0.version() == cid::Version::V0);
+    let v0_segments = Content::open(h, v0, GetOptions::default())
+        .await?
+        .manifest()
+        .segments
+        .len() as u64;
+    let (bytes, stats) = read(h, v0, 0, None, GetOptions::default()).await?;
+    ensure!(bytes == data, "CIDv0 content differs");
+    ensure!(
+        stats.segment_fetches == v0_segments + 1,
+        "CIDv0: {} segment fetches for {v0_segments} segments",
         stats.segment_fetches
     );
 

@@ -342,19 +342,13 @@ impl NetSource<'_> {
         // From the leaves on, not from `index`: an inner node is read before
         // the leaves in the segments before it.
         let ahead: Vec<u64> = std::iter::once(index)
-            .chain(
-                self.plan
-                    .iter()
-                    .copied()
-                    .filter(|&s| s >= self.leaves_at && s != index),
-            )
+            .chain(self.plan.iter().copied().filter(|&s| {
+                s >= self.leaves_at && s != index && !self.cache.iter().any(|(i, _)| *i == s)
+            }))
             .take(window)
             .collect();
         for s in ahead {
-            let cached = self.cache.iter().any(|(i, _)| *i == s);
-            if (s == index || (!cached && self.in_flight.len() < window))
-                && !self.in_flight.contains_key(&s)
-            {
+            if (s == index || self.in_flight.len() < window) && !self.in_flight.contains_key(&s) {
                 let task = self.spawn(s);
                 self.in_flight.insert(s, task);
             }
@@ -390,11 +384,16 @@ impl NetSource<'_> {
             .map_err(|e| io::Error::other(format!("{e:#}")))?;
         self.keep_inner(index, &segment);
         self.cache.push_back((index, segment.clone()));
-        if self.cache.len() > SEGMENTS_CACHED {
+        Ok(segment)
+    }
+
+    /// Drops cached segments beyond [`SEGMENTS_CACHED`]; once a block is
+    /// read, so that a leaf has moved `leaves_at` first.
+    fn trim_cache(&mut self) {
+        while self.cache.len() > SEGMENTS_CACHED {
             let drop = evictee(self.cache.iter().map(|(i, _)| *i), self.leaves_at);
             self.cache.remove(drop);
         }
-        Ok(segment)
     }
 
     /// Fetches segment `index` again with every piece checked against its
@@ -421,8 +420,8 @@ impl NetSource<'_> {
         self.land(index, task).map(drop)
     }
 
-    /// Keeps the dag-pb blocks that lie wholly in a segment, within
-    /// [`INNER_CACHED`] bytes.
+    /// Keeps the inner nodes (dag-pb blocks with links) that lie wholly in
+    /// a segment, within [`INNER_CACHED`] bytes.
     fn keep_inner(&mut self, index: u64, segment: &Segment) {
         let size = self.content.manifest.segment_size();
         let start = index * size;
@@ -437,14 +436,25 @@ impl NetSource<'_> {
             if !self.inner.contains_key(cid)
                 && self.inner_bytes + (at.end - at.start) as usize <= INNER_CACHED
             {
+                let block = segment.slice(at.start - start..at.end - start);
+                if is_leaf(cid, &block) {
+                    continue;
+                }
                 // A copy: a slice would keep the whole piece alive.
-                let bytes =
-                    Bytes::copy_from_slice(&segment.slice(at.start - start..at.end - start));
+                let bytes = Bytes::copy_from_slice(&block);
                 self.inner_bytes += bytes.len();
                 self.inner.insert(*cid, bytes);
             }
         }
     }
+}
+
+/// Whether `block` is a file's leaf, which the reader takes in stream
+/// order: a raw block, or a dag-pb one without links (`ipfs add
+/// --cid-version 0` leaves). Canonical dag-pb writes its links first, as
+/// field 2 (`0x12`).
+fn is_leaf(cid: &Cid, block: &[u8]) -> bool {
+    cid.codec() == RAW || (cid.codec() == DAG_PB && block.first() != Some(&0x12))
 }
 
 /// Which of the cached segments (least recently used first) to drop: the
@@ -476,10 +486,6 @@ impl BlockSource for NetSource<'_> {
             ));
         };
         let size = self.content.manifest.segment_size();
-        if cid.codec() == RAW && at.end > at.start {
-            // Its last: the parts before it are sliced out first.
-            self.leaves_at = (at.end - 1) / size;
-        }
         let mut parts = Vec::new();
         for s in self.content.manifest.segments_for(at.clone()) {
             let base = s * size;
@@ -487,10 +493,15 @@ impl BlockSource for NetSource<'_> {
             let to = at.end.min(base + size) - base;
             parts.push(self.segment(s)?.slice(from..to));
         }
-        Ok(match parts.len() {
+        let block: Bytes = match parts.len() {
             1 => parts.swap_remove(0),
             _ => parts.concat().into(),
-        })
+        };
+        if is_leaf(cid, &block) && at.end > at.start {
+            self.leaves_at = (at.end - 1) / size;
+        }
+        self.trim_cache();
+        Ok(block)
     }
 
     /// A data piece of the block's segments was bad: fetch those segments
@@ -771,6 +782,17 @@ async fn fetch_piece(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn leaves_are_raw_blocks_and_dag_pb_nodes_without_links() {
+        let raw = [0x12, 0x34];
+        assert!(is_leaf(&block::sha256_cid(RAW, &raw), &raw));
+        // PBNode { Links: [..] }: an inner node; PBNode { Data }: a leaf.
+        let inner = [0x12, 0x00];
+        assert!(!is_leaf(&block::sha256_cid(DAG_PB, &inner), &inner));
+        let leaf = [0x0a, 0x02, 0x08, 0x00];
+        assert!(is_leaf(&block::sha256_cid(DAG_PB, &leaf), &leaf));
+    }
 
     #[test]
     fn the_cache_drops_a_passed_segment_before_one_ahead() {
