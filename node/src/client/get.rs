@@ -341,14 +341,21 @@ impl NetSource<'_> {
         let window = self.content.options.segments_in_flight.max(1);
         // From the leaves on, not from `index`: an inner node is read before
         // the leaves in the segments before it.
+        // Segments kept count against the window as much as those in flight.
         let ahead: Vec<u64> = std::iter::once(index)
-            .chain(self.plan.iter().copied().filter(|&s| {
-                s >= self.leaves_at && s != index && !self.cache.iter().any(|(i, _)| *i == s)
-            }))
+            .chain(
+                self.plan
+                    .iter()
+                    .copied()
+                    .filter(|&s| s >= self.leaves_at && s != index),
+            )
             .take(window)
             .collect();
         for s in ahead {
-            if (s == index || self.in_flight.len() < window) && !self.in_flight.contains_key(&s) {
+            let cached = self.cache.iter().any(|(i, _)| *i == s);
+            if (s == index || (!cached && self.in_flight.len() < window))
+                && !self.in_flight.contains_key(&s)
+            {
                 let task = self.spawn(s);
                 self.in_flight.insert(s, task);
             }
@@ -387,8 +394,9 @@ impl NetSource<'_> {
         Ok(segment)
     }
 
-    /// Drops cached segments beyond [`SEGMENTS_CACHED`]; once a block is
-    /// read, so that a leaf has moved `leaves_at` first.
+    /// Drops cached segments beyond [`SEGMENTS_CACHED`], once the part of
+    /// a block a segment was fetched for is in: by then a leaf has moved
+    /// `leaves_at`.
     fn trim_cache(&mut self) {
         while self.cache.len() > SEGMENTS_CACHED {
             let drop = evictee(self.cache.iter().map(|(i, _)| *i), self.leaves_at);
@@ -486,22 +494,31 @@ impl BlockSource for NetSource<'_> {
             ));
         };
         let size = self.content.manifest.segment_size();
+        // A leaf moves the reader's place to its last segment before that
+        // lands, so the segments before it are dropped first; a dag-pb
+        // block shows whether it is one once its first part is in.
+        let segments = self.content.manifest.segments_for(at.clone());
+        let last = segments.end.saturating_sub(1);
+        let mut leaf = cid.codec() == RAW;
+        if leaf && !segments.is_empty() {
+            self.leaves_at = last;
+        }
         let mut parts = Vec::new();
-        for s in self.content.manifest.segments_for(at.clone()) {
+        for s in segments {
             let base = s * size;
             let from = at.start.max(base) - base;
             let to = at.end.min(base + size) - base;
             parts.push(self.segment(s)?.slice(from..to));
+            if parts.len() == 1 && !leaf && is_leaf(cid, &parts[0]) {
+                leaf = true;
+                self.leaves_at = last;
+            }
+            self.trim_cache();
         }
-        let block: Bytes = match parts.len() {
+        Ok(match parts.len() {
             1 => parts.swap_remove(0),
             _ => parts.concat().into(),
-        };
-        if is_leaf(cid, &block) && at.end > at.start {
-            self.leaves_at = (at.end - 1) / size;
-        }
-        self.trim_cache();
-        Ok(block)
+        })
     }
 
     /// A data piece of the block's segments was bad: fetch those segments
