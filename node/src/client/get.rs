@@ -219,6 +219,11 @@ impl Content {
             }
             at += b.1;
         }
+        // Leaves that are dag-pb nodes (CIDv0) give no file offsets
+        // without decoding: a read from the start to the end takes all.
+        if file_at == 0 && range == (0..u64::MAX) {
+            return (0..self.manifest.segments.len() as u64).collect();
+        }
         plan.into_iter().collect()
     }
 }
@@ -340,8 +345,8 @@ impl NetSource<'_> {
         }
         let window = self.content.options.segments_in_flight.max(1);
         // From the leaves on, not from `index`: an inner node is read before
-        // the leaves in the segments before it.
-        // Segments kept count against the window as much as those in flight.
+        // the leaves in the segments before it. Segments kept count against
+        // the window as much as those in flight.
         let ahead: Vec<u64> = std::iter::once(index)
             .chain(
                 self.plan
