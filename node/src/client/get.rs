@@ -14,7 +14,7 @@ use cairn_protocol::block::{self, DAG_PB, RAW};
 use cairn_protocol::erasure;
 use cairn_protocol::manifest::Manifest;
 use cairn_protocol::seal::{self, Key, Opener, Target};
-use cairn_protocol::unixfs::{self, BlockSource, ReadError};
+use cairn_protocol::unixfs::{self, BlockSource, ReadError, is_leaf};
 use cairn_protocol::wire::{FetchRequest, FetchResponse};
 use cid::Cid;
 use futures::StreamExt as _;
@@ -462,14 +462,6 @@ impl NetSource<'_> {
     }
 }
 
-/// Whether `block` is a file's leaf, which the reader takes in stream
-/// order: a raw block, or a dag-pb one without links (`ipfs add
-/// --cid-version 0` leaves). Canonical dag-pb writes its links first, as
-/// field 2 (`0x12`).
-fn is_leaf(cid: &Cid, block: &[u8]) -> bool {
-    cid.codec() == RAW || (cid.codec() == DAG_PB && block.first() != Some(&0x12))
-}
-
 /// Which of the cached segments (least recently used first) to drop: the
 /// lowest below `leaves_at`, which the reader has passed, else the least
 /// recently used.
@@ -804,17 +796,6 @@ async fn fetch_piece(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn leaves_are_raw_blocks_and_dag_pb_nodes_without_links() {
-        let raw = [0x12, 0x34];
-        assert!(is_leaf(&block::sha256_cid(RAW, &raw), &raw));
-        // PBNode { Links: [..] }: an inner node; PBNode { Data }: a leaf.
-        let inner = [0x12, 0x00];
-        assert!(!is_leaf(&block::sha256_cid(DAG_PB, &inner), &inner));
-        let leaf = [0x0a, 0x02, 0x08, 0x00];
-        assert!(is_leaf(&block::sha256_cid(DAG_PB, &leaf), &leaf));
-    }
 
     #[test]
     fn the_cache_drops_a_passed_segment_before_one_ahead() {

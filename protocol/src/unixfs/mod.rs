@@ -13,7 +13,7 @@ pub use import::{
     BlockSink, ByteCount, DirectoryBuilder, Entry, HashLeaves, IMPORT_BATCH, Leaves, NullSink,
     import_file, import_file_with,
 };
-pub use read::{BlockSource, DirEntry, ReadError, list_directory, read_range};
+pub use read::{BlockSource, DirEntry, ReadError, is_leaf, list_directory, read_range};
 
 /// Bytes per leaf chunk.
 pub const CHUNK_SIZE: usize = 262_144;

@@ -106,6 +106,15 @@ struct Node {
     data: Data,
 }
 
+/// Whether `block`, named `cid`, is a file's leaf: a raw block, or a
+/// dag-pb node without links (how `ipfs add` makes CIDv0 content's
+/// leaves). Canonical dag-pb writes its links first, as field 2 (tag byte
+/// `0x12`), so the first byte tells without decoding; nothing here is
+/// checked, the reader does that.
+pub fn is_leaf(cid: &Cid, block: &[u8]) -> bool {
+    cid.codec() == RAW || (cid.codec() == DAG_PB && block.first() != Some(&0x12))
+}
+
 fn decode_node(cid: &Cid, bytes: Bytes) -> Result<Node, ReadError> {
     let node = PbNode::from_bytes(bytes).map_err(|e| malformed(cid, e.to_string()))?;
     let raw = node.data.ok_or_else(|| malformed(cid, "no Data field"))?;
@@ -260,6 +269,17 @@ mod tests {
 
     use super::*;
     use crate::unixfs::{BlockSink, CHUNK_SIZE, DirectoryBuilder, MAX_LINKS, import_file};
+
+    #[test]
+    fn leaves_are_raw_blocks_and_dag_pb_nodes_without_links() {
+        let raw = [0x12, 0x34];
+        assert!(is_leaf(&block::sha256_cid(RAW, &raw), &raw));
+        // PBNode { Links: [..] }: an inner node; PBNode { Data }: a leaf.
+        let inner = [0x12, 0x00];
+        assert!(!is_leaf(&block::sha256_cid(DAG_PB, &inner), &inner));
+        let leaf = [0x0a, 0x02, 0x08, 0x00];
+        assert!(is_leaf(&block::sha256_cid(DAG_PB, &leaf), &leaf));
+    }
 
     #[derive(Default)]
     struct Store(HashMap<Cid, Vec<u8>>);
