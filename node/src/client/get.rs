@@ -470,13 +470,11 @@ impl NetSource<'_> {
 /// follows its leaves, so reading one pulls in a segment ahead of the
 /// leaves: dropping that one first would fetch it again a moment later.
 fn evictee(cached: impl Iterator<Item = u64>, leaves_at: u64) -> usize {
-    let mut passed = None;
-    for (at, i) in cached.enumerate() {
-        if i < leaves_at && passed.is_none_or(|(_, lowest)| i < lowest) {
-            passed = Some((at, i));
-        }
-    }
-    passed.map_or(0, |(at, _)| at)
+    cached
+        .enumerate()
+        .filter(|&(_, i)| i < leaves_at)
+        .min_by_key(|&(_, i)| i)
+        .map_or(0, |(at, _)| at)
 }
 
 impl BlockSource for NetSource<'_> {
