@@ -449,12 +449,14 @@ impl NetSource<'_> {
             if !self.inner.contains_key(cid)
                 && self.inner_bytes + (at.end - at.start) as usize <= INNER_CACHED
             {
-                let block = segment.slice(at.start - start..at.end - start);
-                if is_leaf(cid, &block) {
+                let (from, to) = (at.start - start, at.end - start);
+                // Its first byte tells: a leaf that spans two pieces is
+                // not joined only to be dropped.
+                if is_leaf(cid, &segment.slice(from..to.min(from + 1))) {
                     continue;
                 }
                 // A copy: a slice would keep the whole piece alive.
-                let bytes = Bytes::copy_from_slice(&block);
+                let bytes = Bytes::copy_from_slice(&segment.slice(from..to));
                 self.inner_bytes += bytes.len();
                 self.inner.insert(*cid, bytes);
             }
