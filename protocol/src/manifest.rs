@@ -229,6 +229,27 @@ impl Manifest {
         range.start / size..range.end.min(self.stream_len).div_ceil(size)
     }
 
+    /// Where stream bytes `range` lie: each part as (segment, data piece,
+    /// bytes of that piece), in stream order.
+    pub fn piece_ranges(&self, range: Range<u64>) -> Vec<(u64, usize, Range<u64>)> {
+        let size = self.segment_size();
+        let mut out = Vec::new();
+        for s in self.segments_for(range.clone()) {
+            let (base, piece_len) = (s * size, self.piece_len(s));
+            let from = range.start.max(base) - base;
+            let to = range.end.min(base + self.segment_len(s)) - base;
+            for piece in from / piece_len..to.div_ceil(piece_len) {
+                let at = piece * piece_len;
+                out.push((
+                    s,
+                    piece as usize,
+                    from.max(at) - at..to.min(at + piece_len) - at,
+                ));
+            }
+        }
+        out
+    }
+
     /// Where each block sits in the stream (the first place, for repeats).
     pub fn locate(&self) -> HashMap<Cid, Range<u64>> {
         let mut at = 0;
@@ -462,6 +483,21 @@ mod tests {
         assert_eq!(m.segments_for(599..601), 0..2);
         assert_eq!(m.segments_for(600..601), 1..2);
         assert_eq!(m.segments_for(5..5), 0..0);
+        assert_eq!(m.piece_ranges(200..400), [(0, 0, 200..300), (0, 1, 0..100)]);
+        assert_eq!(m.piece_ranges(550..700), [(0, 1, 250..300), (1, 0, 0..100)]);
+        assert_eq!(m.piece_ranges(900..1000), [(1, 1, 100..200)]);
+        assert!(m.piece_ranges(5..5).is_empty());
+        let stream = [3u8; 1000];
+        for range in [0..1000, 299..301, 599..901] {
+            let parts: Vec<u8> = m
+                .piece_ranges(range.clone())
+                .into_iter()
+                .flat_map(|(s, p, r)| {
+                    segs[s as usize][p][r.start as usize..r.end as usize].to_vec()
+                })
+                .collect();
+            assert_eq!(parts, stream[range.start as usize..range.end as usize]);
+        }
     }
 
     proptest! {

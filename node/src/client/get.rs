@@ -13,6 +13,7 @@ use bytes::Bytes;
 use cairn_protocol::block::{self, DAG_PB, RAW};
 use cairn_protocol::erasure;
 use cairn_protocol::manifest::Manifest;
+use cairn_protocol::proof;
 use cairn_protocol::seal::{self, Key, Opener, Target};
 use cairn_protocol::unixfs::{self, BlockSource, ReadError, is_leaf};
 use cairn_protocol::wire::{FetchRequest, FetchResponse};
@@ -33,6 +34,9 @@ pub struct GetOptions {
     /// A piece not in after this long at most is backed up by fetching
     /// another piece; sooner once pieces come in ([`Hedge`]).
     pub hedge_after: Duration,
+    /// An inner node read alone, by a range of its piece, that is not in
+    /// after this long is fetched with its segments instead.
+    pub range_patience: Duration,
 }
 
 impl Default for GetOptions {
@@ -40,6 +44,7 @@ impl Default for GetOptions {
         GetOptions {
             segments_in_flight: 4,
             hedge_after: DEFAULT_HEDGE_AFTER,
+            range_patience: Duration::from_secs(1),
         }
     }
 }
@@ -66,6 +71,9 @@ pub struct GetStats {
     pub rechecked: u64,
     /// Provider lookups made: none while the holders the manifest names serve.
     pub lookups: u64,
+    /// Inner nodes read alone, by a verified range of their pieces, not
+    /// with their segments.
+    pub ranges: u64,
 }
 
 /// No node has a manifest of this content.
@@ -343,30 +351,40 @@ impl NetSource<'_> {
             self.cache.push_back(hit.clone());
             return Ok(hit.1);
         }
+        self.fetch_ahead(Some(index));
+        let task = self.in_flight.remove(&index).expect("just started");
+        self.land(index, task)
+    }
+
+    /// Starts fetching `first`, if given, and the plan's next segments from
+    /// the leaves on, as far as the window allows.
+    fn fetch_ahead(&mut self, first: Option<u64>) {
         let window = self.content.options.segments_in_flight.max(1);
-        // From the leaves on, not from `index`: an inner node is read before
+        // From the leaves on, not from `first`: an inner node is read before
         // the leaves in the segments before it. Segments kept count against
         // the window as much as those in flight.
-        let ahead: Vec<u64> = std::iter::once(index)
+        let ahead: Vec<u64> = first
+            .into_iter()
             .chain(
                 self.plan
                     .iter()
                     .copied()
-                    .filter(|&s| s >= self.leaves_at && s != index),
+                    .filter(|&s| s >= self.leaves_at && Some(s) != first),
             )
             .take(window)
             .collect();
         for s in ahead {
-            let cached = self.cache.iter().any(|(i, _)| *i == s);
-            if (s == index || (!cached && self.in_flight.len() < window))
+            if (Some(s) == first || (!self.cached(s) && self.in_flight.len() < window))
                 && !self.in_flight.contains_key(&s)
             {
                 let task = self.spawn(s);
                 self.in_flight.insert(s, task);
             }
         }
-        let task = self.in_flight.remove(&index).expect("just started");
-        self.land(index, task)
+    }
+
+    fn cached(&self, index: u64) -> bool {
+        self.cache.iter().any(|(i, _)| *i == index)
     }
 
     /// Starts fetching segment `index`; its data pieces are checked on
@@ -462,6 +480,81 @@ impl NetSource<'_> {
             }
         }
     }
+
+    /// Stream bytes `at`, read alone: each part by a verified range of the
+    /// data piece it lies in, from the holder the manifest names. `None`
+    /// if a part fails or is not in within [`GetOptions::range_patience`].
+    fn read_alone(&self, at: &Range<u64>) -> Option<Bytes> {
+        let c = self.content;
+        let parts = c
+            .manifest
+            .piece_ranges(at.clone())
+            .into_iter()
+            .map(|piece| {
+                fetch_range(
+                    &c.net,
+                    &c.manifest,
+                    piece,
+                    c.options.range_patience,
+                    &c.stats,
+                )
+            });
+        let parts = self.rt.block_on(futures::future::try_join_all(parts));
+        match parts {
+            Ok(parts) => {
+                lock(&c.stats).ranges += 1;
+                Some(parts.concat().into())
+            }
+            Err(e) => {
+                tracing::debug!(error = %format!("{e:#}"), "cannot read an inner node alone; fetching its segments");
+                None
+            }
+        }
+    }
+}
+
+/// Bytes `range` of data piece `piece` of `segment`, from the holder the
+/// manifest names, checked against the piece CID by their proof.
+async fn fetch_range(
+    net: &Handle,
+    manifest: &Manifest,
+    (segment, piece, range): (u64, usize, Range<u64>),
+    patience: Duration,
+    stats: &Mutex<GetStats>,
+) -> Result<Vec<u8>> {
+    let cid = manifest.segments[segment as usize][piece];
+    let peer = manifest
+        .holder(segment as usize, piece)
+        .and_then(|h| PeerId::from_bytes(h).ok())
+        .context("the manifest names no holder")?;
+    let request = FetchRequest::RangeV1 {
+        piece: cid,
+        offset: range.start,
+        len: range.end - range.start,
+    };
+    let answer = match tokio::time::timeout(patience, net.fetch(peer, request)).await {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(e)) => {
+            lock(stats).failed.insert(peer);
+            bail!("{peer}: {e}");
+        }
+        Err(_) => {
+            tracing::warn!(%peer, piece = %cid, segment, "holder is slow; fetching the segment instead");
+            lock(stats).slow.insert(peer);
+            bail!("{peer} did not answer in {patience:?}");
+        }
+    };
+    let FetchResponse::RangeV1 { size, encoded } = answer else {
+        bail!("{peer} answered {answer:?}");
+    };
+    match proof::decode_range(&cid, size, range, &encoded) {
+        Ok(bytes) if size == manifest.piece_len(segment) => Ok(bytes),
+        _ => {
+            tracing::warn!(%peer, piece = %cid, "holder sent bytes that do not match the piece CID; dropping it");
+            lock(stats).dropped.insert(peer);
+            bail!("{peer} sent bad bytes")
+        }
+    }
 }
 
 /// Which of the cached segments (least recently used first) to drop: the
@@ -499,6 +592,21 @@ impl BlockSource for NetSource<'_> {
         let mut leaf = cid.codec() == RAW;
         if leaf && !segments.is_empty() {
             self.leaves_at = last;
+        }
+        // A dag-pb block past the leaves, in segments not kept, is read
+        // alone: fetched whole, its segments would be dropped again before
+        // the leaves reach them (the root, read first, is in the last one).
+        if !leaf && segments.start > self.leaves_at && !segments.clone().any(|s| self.cached(s)) {
+            self.fetch_ahead(None);
+            if let Some(bytes) = self.read_alone(&at) {
+                if is_leaf(cid, &bytes) {
+                    self.leaves_at = last;
+                } else if self.inner_bytes + bytes.len() <= INNER_CACHED {
+                    self.inner_bytes += bytes.len();
+                    self.inner.insert(*cid, bytes.clone());
+                }
+                return Ok(bytes);
+            }
         }
         let mut parts = Vec::new();
         for s in segments {
