@@ -593,10 +593,12 @@ impl BlockSource for NetSource<'_> {
         if leaf && !segments.is_empty() {
             self.leaves_at = last;
         }
-        // A dag-pb block past the leaves, in segments not kept, is read
-        // alone: fetched whole, its segments would be dropped again before
-        // the leaves reach them (the root, read first, is in the last one).
-        if !leaf && segments.start > self.leaves_at && !segments.clone().any(|s| self.cached(s)) {
+        // A dag-pb block past the leaves, in segments neither kept nor on
+        // their way, is read alone: fetched whole, its segments would be
+        // dropped again before the leaves reach them (the root, read first,
+        // is in the last one).
+        let coming = |s: u64| self.cached(s) || self.in_flight.contains_key(&s);
+        if !leaf && segments.start > self.leaves_at && !segments.clone().any(coming) {
             self.fetch_ahead(None);
             if let Some(bytes) = self.read_alone(&at) {
                 if is_leaf(cid, &bytes) {
