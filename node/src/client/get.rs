@@ -71,8 +71,8 @@ pub struct GetStats {
     pub rechecked: u64,
     /// Provider lookups made: none while the holders the manifest names serve.
     pub lookups: u64,
-    /// Inner nodes read alone, by a verified range of their pieces, not
-    /// with their segments.
+    /// Dag-pb blocks (the root, inner nodes past the leaves) read alone,
+    /// by a verified range of their pieces, not with their segments.
     pub ranges: u64,
 }
 
@@ -547,9 +547,14 @@ async fn fetch_range(
     let FetchResponse::RangeV1 { size, encoded } = answer else {
         bail!("{peer} answered {answer:?}");
     };
-    match proof::decode_range(&cid, size, range, &encoded) {
-        Ok(bytes) if size == manifest.piece_len(segment) => Ok(bytes),
-        _ => {
+    // The size first: the proof is checked against the piece's.
+    let checked = match size == manifest.piece_len(segment) {
+        true => proof::decode_range(&cid, size, range, &encoded).ok(),
+        false => None,
+    };
+    match checked {
+        Some(bytes) => Ok(bytes),
+        None => {
             tracing::warn!(%peer, piece = %cid, "holder sent bytes that do not match the piece CID; dropping it");
             lock(stats).dropped.insert(peer);
             bail!("{peer} sent bad bytes")
