@@ -516,7 +516,7 @@ impl NetSource<'_> {
 /// Bytes `range` of data piece `piece` of `segment`, from the holder the
 /// manifest names, checked against the piece CID by their proof.
 async fn fetch_range(
-    net: &Handle,
+    net: &impl Holders,
     manifest: &Manifest,
     (segment, piece, range): (u64, usize, Range<u64>),
     patience: Duration,
@@ -527,12 +527,7 @@ async fn fetch_range(
         .holder(segment as usize, piece)
         .and_then(|h| PeerId::from_bytes(h).ok())
         .context("the manifest names no holder")?;
-    let request = FetchRequest::RangeV1 {
-        piece: cid,
-        offset: range.start,
-        len: range.end - range.start,
-    };
-    let answer = match tokio::time::timeout(patience, net.fetch(peer, request)).await {
+    let answer = match tokio::time::timeout(patience, net.range(peer, cid, range.clone())).await {
         Ok(Ok(answer)) => answer,
         Ok(Err(e)) => {
             lock(stats).failed.insert(peer);
@@ -819,6 +814,12 @@ trait Holders {
     /// naming any, or (`full`) from one that runs its course.
     async fn holders(&self, piece: Cid, full: bool) -> Result<HashSet<PeerId>, RequestError>;
     async fn piece(&self, peer: PeerId, piece: Cid) -> Result<FetchResponse, RequestError>;
+    async fn range(
+        &self,
+        peer: PeerId,
+        piece: Cid,
+        range: Range<u64>,
+    ) -> Result<FetchResponse, RequestError>;
 }
 
 impl Holders for Handle {
@@ -831,6 +832,17 @@ impl Holders for Handle {
 
     async fn piece(&self, peer: PeerId, piece: Cid) -> Result<FetchResponse, RequestError> {
         self.fetch(peer, FetchRequest::PieceV1 { piece }).await
+    }
+
+    async fn range(
+        &self,
+        peer: PeerId,
+        piece: Cid,
+        range: Range<u64>,
+    ) -> Result<FetchResponse, RequestError> {
+        let (offset, len) = (range.start, range.end - range.start);
+        self.fetch(peer, FetchRequest::RangeV1 { piece, offset, len })
+            .await
     }
 }
 
@@ -956,6 +968,68 @@ mod tests {
                 Some(data) => Ok(FetchResponse::PieceV1 { data: data.clone() }),
                 None => Ok(FetchResponse::NotFoundV1),
             }
+        }
+
+        /// A range of what the peer holds, with its proof; a peer holding
+        /// nothing never answers.
+        async fn range(
+            &self,
+            peer: PeerId,
+            _: Cid,
+            range: Range<u64>,
+        ) -> Result<FetchResponse, RequestError> {
+            lock(&self.asked).push(format!("range {peer}"));
+            let Some(data) = self.answers.get(&peer) else {
+                return std::future::pending().await;
+            };
+            let encoded = proof::encode_range(data, range).expect("in range");
+            Ok(FetchResponse::RangeV1 {
+                size: data.len() as u64,
+                encoded: encoded.into(),
+            })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_range_comes_checked_from_the_named_holder_or_not_at_all() {
+        use cairn_protocol::manifest::{EncodedSegment, Packer};
+        let scheme = erasure::Scheme { k: 2, m: 1 };
+        let data: Vec<u8> = (0..5000u32).map(|i| (i * 7) as u8).collect();
+        let mut segments = Vec::new();
+        let mut packer = Packer::new(scheme, 1000, |s: EncodedSegment| {
+            segments.push(s.pieces);
+            Ok(())
+        })
+        .expect("layout");
+        let root = unixfs::import_file(&data[..], &mut packer)
+            .expect("import")
+            .cid;
+        let mut manifest = packer.finish(root).expect("manifest");
+        let (good, liar, stalled) = (PeerId::random(), PeerId::random(), PeerId::random());
+        // The manifest names each of the three in turn as the holder; the
+        // liar holds the piece with a bit flipped, the stalled one never answers.
+        let piece = segments[0][0].1.clone();
+        let mut bad = piece.to_vec();
+        bad[10] ^= 1;
+        let bad = Bytes::from(bad);
+        let net = Net::new(&[], &[], &[(good, &piece), (liar, &bad)]);
+        let patience = Duration::from_secs(1);
+        for (holder, dropped, slow) in [
+            (good, false, false),
+            (liar, true, false),
+            (stalled, false, true),
+        ] {
+            let hint = serde_bytes::ByteBuf::from(holder.to_bytes());
+            manifest.holders = vec![vec![Some(hint); 3]; manifest.segments.len()];
+            let stats = Mutex::default();
+            let got = fetch_range(&net, &manifest, (0, 0, 5..900), patience, &stats).await;
+            let stats = lock(&stats).clone();
+            match holder == good {
+                true => assert_eq!(got.expect("served"), piece[5..900]),
+                false => assert!(got.is_err()),
+            }
+            assert_eq!(stats.dropped.contains(&holder), dropped);
+            assert_eq!(stats.slow.contains(&holder), slow);
         }
     }
 
