@@ -378,15 +378,11 @@ async fn content_survives_stopped_garbage_and_stalling_holders() -> Result<()> {
 
     // Two holders of data pieces of segment 0 turn bad: one sends garbage,
     // one never answers. The get drops one and backs up the other. Neither
-    // holds the root, whose range read would give them away first.
-    let named = |segment: usize, piece: usize| -> Result<libp2p::PeerId> {
-        let hint = manifest.holder(segment, piece).context("no holder named")?;
-        Ok(libp2p::PeerId::from_bytes(hint)?)
-    };
-    let root_holders = data_holders(&manifest, &added.root, named)?;
+    // holds the root, whose read alone would give them away first.
+    let root_holders = data_holders(&manifest, &added.root)?;
     let mut bad = Vec::new();
     for piece in 0..manifest.scheme.k as usize {
-        let peer = named(0, piece)?;
+        let peer = named_holder(&manifest, 0, piece)?;
         if !root_holders.contains(&peer) {
             // The DHT names the holder the manifest does.
             let found = h.providers(manifest.segments[0][piece]).await?;
@@ -394,7 +390,9 @@ async fn content_survives_stopped_garbage_and_stalling_holders() -> Result<()> {
             bad.push(peer);
         }
     }
-    let (garbage, stall) = (bad[0], bad[1]);
+    let [garbage, stall, ..] = bad[..] else {
+        bail!("two data pieces of segment 0 away from the root: {bad:?}");
+    };
     let (gi, si) = (net.index_of(&garbage)?, net.index_of(&stall)?);
     net.restart(gi, &["--fault", "garbage"])?;
     net.restart(si, &["--fault", "stall"])?;
@@ -420,7 +418,7 @@ async fn content_survives_stopped_garbage_and_stalling_holders() -> Result<()> {
     ensure!(stats.decoded >= 1);
 
     // Stop those two and the holder of the root: m = 3 holders of every
-    // segment are gone, and the root's range read falls back to its segment.
+    // segment are gone, and the root's read alone falls back to its segment.
     let root_holder = *root_holders.first().context("the root has a holder")?;
     let third = net.index_of(&root_holder)?;
     for i in [gi, si, third] {
@@ -448,12 +446,20 @@ async fn content_survives_stopped_garbage_and_stalling_holders() -> Result<()> {
     Ok(())
 }
 
-/// The holders the manifest names (`named(segment, piece)`) of the data
-/// pieces `block` lies in.
+/// The holder the manifest names for piece `piece` of `segment`.
+fn named_holder(
+    manifest: &cairn_protocol::manifest::Manifest,
+    segment: usize,
+    piece: usize,
+) -> Result<libp2p::PeerId> {
+    let hint = manifest.holder(segment, piece).context("no holder named")?;
+    Ok(libp2p::PeerId::from_bytes(hint)?)
+}
+
+/// The holders the manifest names for the data pieces `block` lies in.
 fn data_holders(
     manifest: &cairn_protocol::manifest::Manifest,
     block: &Cid,
-    named: impl Fn(usize, usize) -> Result<libp2p::PeerId>,
 ) -> Result<BTreeSet<libp2p::PeerId>> {
     let at = manifest
         .locate()
@@ -463,7 +469,7 @@ fn data_holders(
     manifest
         .piece_ranges(at)
         .into_iter()
-        .map(|(segment, piece, _)| named(segment as usize, piece))
+        .map(|(segment, piece, _)| named_holder(manifest, segment as usize, piece))
         .collect()
 }
 
