@@ -125,6 +125,7 @@ pub async fn add(
     })
     .await
     .context("import task failed")??;
+    tracing::debug!(%root, bytes = total, "content hashed");
     progress(Progress::Hashed { total });
     if let Some(m) = find_manifest(net, root).await? {
         let (bytes, cid) = m.encode_with_cid();
