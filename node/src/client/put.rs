@@ -127,7 +127,18 @@ pub async fn add(
     .context("import task failed")??;
     tracing::debug!(%root, bytes = total, "content hashed");
     progress(Progress::Hashed { total });
-    if let Some(m) = find_manifest(net, root).await? {
+    // The first placement walk runs alongside the manifest lookup, so that
+    // a node that does not answer stalls both at once. On a network smaller
+    // than a bucket it finds every node, whatever the key.
+    let near = tokio::spawn({
+        let net = net.clone();
+        async move { net.closest_peers(root).await }
+    });
+    let stored = find_manifest(net, root).await;
+    if !matches!(stored, Ok(None)) {
+        near.abort();
+    }
+    if let Some(m) = stored? {
         let (bytes, cid) = m.encode_with_cid();
         return Ok(Added {
             root,
@@ -146,13 +157,19 @@ pub async fn add(
         });
     }
 
+    // A walk that failed leaves each segment to walk for itself.
+    let everyone = near
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .filter(|f| whole_network(f));
     let shared = Arc::new(Shared {
         net: net.clone(),
         k: options.scheme.k as usize,
         expires_at: net.now() + options.term.as_secs(),
         hedge: Hedge::new(options.hedge_after),
         excluded: Mutex::new(HashSet::from([net.peer_id()])),
-        everyone: Mutex::new(None),
+        everyone: Mutex::new(everyone),
         replaced: Mutex::new(0),
     });
     let (tx, mut rx) = mpsc::channel::<EncodedSegment>(1);
@@ -332,6 +349,12 @@ fn import(input: &Input, sink: &mut impl BlockSink, leaves: &impl Leaves) -> Res
     }
 }
 
+/// Whether a walk's peers are every DHT server there is: fewer than a
+/// bucket holds.
+fn whole_network(found: &[PeerId]) -> bool {
+    found.len() < kad::K_VALUE.get()
+}
+
 /// State of one add shared by its segment placements.
 struct Shared {
     net: Handle,
@@ -362,7 +385,7 @@ impl Shared {
                     .closest_peers(key)
                     .await
                     .context("cannot find storage nodes in the DHT")?;
-                if found.len() < kad::K_VALUE.get() {
+                if whole_network(&found) {
                     *lock(&self.everyone) = Some(found.clone());
                 }
                 found
