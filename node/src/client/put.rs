@@ -158,11 +158,8 @@ pub async fn add(
     }
 
     // A walk that failed leaves each segment to walk for itself.
-    let everyone = near
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .filter(|f| whole_network(f));
+    let near = near.await.ok().and_then(Result::ok);
+    let everyone = near.clone().filter(|f| whole_network(f));
     let shared = Arc::new(Shared {
         net: net.clone(),
         k: options.scheme.k as usize,
@@ -170,6 +167,7 @@ pub async fn add(
         hedge: Hedge::new(options.hedge_after),
         excluded: Mutex::new(HashSet::from([net.peer_id()])),
         everyone: Mutex::new(everyone),
+        near_root: near.map(|found| (root, found)),
         replaced: Mutex::new(0),
     });
     let (tx, mut rx) = mpsc::channel::<EncodedSegment>(1);
@@ -366,6 +364,9 @@ struct Shared {
     /// Every DHT server, once a walk found fewer than a bucket's worth of
     /// them (the whole network): later segments need no walk of their own.
     everyone: Mutex<Option<Vec<PeerId>>>,
+    /// The walk towards the root made alongside the manifest lookup: on a
+    /// larger network, the manifest's candidates.
+    near_root: Option<(Cid, Vec<PeerId>)>,
     replaced: Mutex<usize>,
 }
 
@@ -379,23 +380,30 @@ impl Shared {
                 all.sort_by_cached_key(|p| target.distance(&kad::KBucketKey::from(*p)));
                 all
             }
-            None => {
-                let found = self
-                    .net
-                    .closest_peers(key)
-                    .await
-                    .context("cannot find storage nodes in the DHT")?;
-                if whole_network(&found) {
-                    *lock(&self.everyone) = Some(found.clone());
-                }
-                found
-            }
+            None => match &self.near_root {
+                Some((root, found)) if *root == key => found.clone(),
+                _ => self.walk(key).await?,
+            },
         };
         let excluded = lock(&self.excluded);
         Ok(peers
             .into_iter()
             .filter(|p| !excluded.contains(p))
             .collect())
+    }
+
+    /// The peers closest to `key`, by a walk; remembered as the whole
+    /// network when they are.
+    async fn walk(&self, key: Cid) -> Result<Vec<PeerId>> {
+        let found = self
+            .net
+            .closest_peers(key)
+            .await
+            .context("cannot find storage nodes in the DHT")?;
+        if whole_network(&found) {
+            *lock(&self.everyone) = Some(found.clone());
+        }
+        Ok(found)
     }
 
     fn exclude(&self, peer: PeerId) {
