@@ -332,12 +332,7 @@ async fn content_survives_stopped_garbage_and_stalling_holders() -> Result<()> {
     };
     let (bytes, stats) = read(h, added.root, 0, None, counted.clone()).await?;
     ensure!(bytes == data, "content differs");
-    ensure!(
-        stats.segment_fetches == segments && stats.ranges == 1,
-        "{} segment fetches for {segments} segments, {} inner nodes read alone",
-        stats.segment_fetches,
-        stats.ranges
-    );
+    each_segment_once(&stats, segments, "CIDv1")?;
     // The same for content as `ipfs add` imports it by default, whose
     // leaves are dag-pb nodes (added from the reference importer's CAR).
     let car = work.path().join("v0.car");
@@ -351,12 +346,7 @@ async fn content_survives_stopped_garbage_and_stalling_holders() -> Result<()> {
         .len() as u64;
     let (bytes, stats) = read(h, v0, 0, None, counted.clone()).await?;
     ensure!(bytes == data, "CIDv0 content differs");
-    ensure!(
-        stats.segment_fetches == v0_segments && stats.ranges == 1,
-        "CIDv0: {} segment fetches for {v0_segments} segments, {} inner nodes read alone",
-        stats.segment_fetches,
-        stats.ranges
-    );
+    each_segment_once(&stats, v0_segments, "CIDv0")?;
 
     // Ranges across segment boundaries fetch only the segments of their
     // leaves, each once; the inner nodes above them are read alone.
@@ -443,6 +433,18 @@ async fn content_survives_stopped_garbage_and_stalling_holders() -> Result<()> {
     };
     ensure!(err.contains("has 5 of the 6 pieces it needs"), "{err}");
     client.stop().await;
+    Ok(())
+}
+
+/// A whole read fetched each of the `segments` once and read only the root
+/// alone.
+fn each_segment_once(stats: &GetStats, segments: u64, what: &str) -> Result<()> {
+    ensure!(
+        stats.segment_fetches == segments && stats.ranges == 1,
+        "{what}: {} segment fetches for {segments} segments, {} blocks read alone",
+        stats.segment_fetches,
+        stats.ranges
+    );
     Ok(())
 }
 
