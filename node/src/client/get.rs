@@ -34,8 +34,8 @@ pub struct GetOptions {
     /// A piece not in after this long at most is backed up by fetching
     /// another piece; sooner once pieces come in ([`Hedge`]).
     pub hedge_after: Duration,
-    /// An inner node read alone, by a range of its piece, that is not in
-    /// after this long is fetched with its segments instead.
+    /// A block read alone, by a range of its piece, that is not in after
+    /// this long is fetched with its segments instead.
     pub range_patience: Duration,
 }
 
@@ -506,7 +506,7 @@ impl NetSource<'_> {
                 Some(parts.concat().into())
             }
             Err(e) => {
-                tracing::debug!(error = %format!("{e:#}"), "cannot read an inner node alone; fetching its segments");
+                tracing::debug!(error = %format!("{e:#}"), "cannot read a block alone; fetching its segments");
                 None
             }
         }

@@ -157,9 +157,12 @@ pub async fn add(
         });
     }
 
-    // A walk that failed leaves each segment to walk for itself.
-    let near = near.await.ok().and_then(Result::ok);
-    let everyone = near.clone().filter(|f| whole_network(f));
+    // The whole network serves every segment; a larger one's nearest peers
+    // serve the manifest; a walk that failed leaves each to walk for itself.
+    let (everyone, near_root) = match near.await.ok().and_then(Result::ok) {
+        Some(found) if whole_network(&found) => (Some(found), None),
+        found => (None, found.map(|found| (root, found))),
+    };
     let shared = Arc::new(Shared {
         net: net.clone(),
         k: options.scheme.k as usize,
@@ -167,7 +170,7 @@ pub async fn add(
         hedge: Hedge::new(options.hedge_after),
         excluded: Mutex::new(HashSet::from([net.peer_id()])),
         everyone: Mutex::new(everyone),
-        near_root: near.map(|found| (root, found)),
+        near_root,
         replaced: Mutex::new(0),
     });
     let (tx, mut rx) = mpsc::channel::<EncodedSegment>(1);
