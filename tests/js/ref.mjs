@@ -5,7 +5,8 @@
 //   node ref.mjs dir DIR             root CID of a directory tree (hidden entries skipped, as `ipfs add -r`)
 //   node ref.mjs car FILE OUT.car    import FILE and write its blocks as a CAR v1
 //   node ref.mjs car0 FILE OUT.car   the same, imported as `ipfs add` does by default (CIDv0, dag-pb leaves)
-//   node ref.mjs readcar IN.car      read a CAR with @ipld/car, verify every block, export the root's bytes
+//   node ref.mjs dircar DIR OUT.car [v0]  import a directory tree (as `dir`; `v0` as `ipfs add -r` without flags) into a CAR v1
+//   node ref.mjs readcar IN.car [PATH]    read a CAR with @ipld/car, verify every block, export the bytes of the root (or of PATH under it)
 import { importer } from 'ipfs-unixfs-importer'
 import { exporter } from 'ipfs-unixfs-exporter'
 import { MemoryBlockstore } from 'blockstore-core/memory'
@@ -62,12 +63,14 @@ if (cmd === 'hash') {
   console.log(JSON.stringify(root.cid.toString()))
 } else if (cmd === 'car' || cmd === 'car0') {
   const entry = await importOne([{ content: createReadStream(args[0]) }], bs, cmd === 'car0' ? KUBO_V0 : {})
-  const { writer, out } = CarWriter.create([entry.cid])
-  const done = new Promise((resolve, reject) => Readable.from(out).pipe(createWriteStream(args[1])).on('finish', resolve).on('error', reject))
-  for (const block of bs.written.values()) await writer.put(block)
-  await writer.close()
-  await done
+  await writeCar(entry.cid, args[1])
   console.log(JSON.stringify(entry.cid.toString()))
+} else if (cmd === 'dircar') {
+  const entries = walk(args[0], basename(args[0]), [])
+  let root
+  for await (const entry of importer(entries, bs, args[2] === 'v0' ? KUBO_V0 : {})) if (entry.path === basename(args[0])) root = entry
+  await writeCar(root.cid, args[1])
+  console.log(JSON.stringify(root.cid.toString()))
 } else if (cmd === 'readcar') {
   const reader = await CarReader.fromBytes(readFileSync(args[0]))
   const roots = await reader.getRoots()
@@ -79,12 +82,20 @@ if (cmd === 'hash') {
     blocks++
   }
   const hash = createHash('sha256')
-  const entry = await exporter(roots[0], bs)
+  const entry = await exporter(args[1] ? `${roots[0]}/${args[1]}` : roots[0], bs)
   for await (const chunk of entry.content()) hash.update(chunk)
   console.log(JSON.stringify({ roots: roots.map(String), blocks, sha256: hash.digest('hex') }))
 } else {
   console.error(`unknown command ${cmd}`)
   process.exit(2)
+}
+
+async function writeCar (root, path) {
+  const { writer, out } = CarWriter.create([root])
+  const done = new Promise((resolve, reject) => Readable.from(out).pipe(createWriteStream(path)).on('finish', resolve).on('error', reject))
+  for (const block of bs.written.values()) await writer.put(block)
+  await writer.close()
+  await done
 }
 
 function equal (a, b) {

@@ -92,6 +92,23 @@ pub mod reference {
     pub fn read_car(car: &Path) -> Result<CarSummary> {
         Ok(serde_json::from_value(run(&["readcar", path(car)])?)?)
     }
+
+    /// As [`read_car`], exporting the file at `at` (a path under the root)
+    /// as the reference exporter resolves it.
+    pub fn read_car_at(car: &Path, at: &str) -> Result<CarSummary> {
+        Ok(serde_json::from_value(run(&["readcar", path(car), at])?)?)
+    }
+
+    /// Has the reference import the tree `dir` into a CAR at `car`, as
+    /// [`hash_dir`] does, or with `v0` as `ipfs add -r` without flags
+    /// (CIDv0, dag-pb leaves); returns the root CID.
+    pub fn write_dir_car(dir: &Path, car: &Path, v0: bool) -> Result<String> {
+        let mut args = vec!["dircar", path(dir), path(car)];
+        if v0 {
+            args.push("v0");
+        }
+        Ok(serde_json::from_value(run(&args)?)?)
+    }
 }
 
 pub mod procs {

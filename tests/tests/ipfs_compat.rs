@@ -158,6 +158,155 @@ fn a_car_the_reference_writes_is_read_and_verified() -> Result<()> {
     Ok(())
 }
 
+/// An NFT collection as a tree: `meta/` holds `n` token files (a
+/// directory too large for one node), plus a subdirectory and a cover.
+fn collection(root: &Path, n: usize) -> Result<()> {
+    fs::create_dir_all(root.join("meta/extra"))?;
+    for i in 0..n {
+        fs::write(root.join("meta").join(token(i)), token_json(i))?;
+    }
+    fs::write(
+        root.join("meta/extra/note.txt"),
+        b"inside a sharded directory",
+    )?;
+    fs::write(root.join("cover.png"), random_bytes(3 * CHUNK_SIZE + 5, 11))?;
+    Ok(())
+}
+
+fn token(i: usize) -> String {
+    format!("{i:05}-token.json")
+}
+
+fn token_json(i: usize) -> String {
+    format!("{{\"name\":\"#{i}\",\"image\":\"ipfs://cover.png\"}}")
+}
+
+const RECURSIVE: Options = Options {
+    recursive: true,
+    hidden: false,
+};
+
+#[test]
+fn a_sharded_directory_matches_the_reference() -> Result<()> {
+    // 6,000 links of 52 bytes (name and CID) are past the 256 KiB at which
+    // IPFS shards; each of the 256 slots holds about 23 names, so shards
+    // nest.
+    let tmp = tempfile::tempdir()?;
+    let root = tmp.path().join("collection");
+    collection(&root, 6000)?;
+    let ours = add::import_path(&root, RECURSIVE, &mut NullSink)?;
+    assert_eq!(ours.cid.to_string(), reference::hash_dir(&root)?);
+    Ok(())
+}
+
+#[test]
+fn the_shard_threshold_matches_the_reference_to_the_byte() -> Result<()> {
+    // 1,024 empty files whose names and CIDs (36 bytes) come to exactly
+    // 256 KiB: one node. One byte more: shards.
+    for extra in [0, 1] {
+        let tmp = tempfile::tempdir()?;
+        let root = tmp.path().join("edge");
+        fs::create_dir(&root)?;
+        for i in 0..1024 {
+            let pad = 216 + if i == 0 { extra } else { 0 };
+            fs::write(root.join(format!("{i:04}{}", "x".repeat(pad))), b"")?;
+        }
+        let mut blocks = HashMap::new();
+        let ours = add::import_path(&root, RECURSIVE, &mut Blocks(&mut blocks))?;
+        assert_eq!(
+            ours.cid.to_string(),
+            reference::hash_dir(&root)?,
+            "{extra} byte(s) over"
+        );
+        // The empty leaf and the directory node, or the leaf and shards.
+        assert_eq!(blocks.len() > 2, extra == 1, "{} blocks", blocks.len());
+    }
+    Ok(())
+}
+
+#[test]
+fn sharded_directories_the_reference_writes_are_read_by_path() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let root = tmp.path().join("collection");
+    collection(&root, 6000)?;
+    // CIDv1 with raw leaves, and as `ipfs add -r` writes by default
+    // (CIDv0, dag-pb leaves): NFT links of 2021 look like that.
+    for v0 in [false, true] {
+        let car = tmp.path().join(format!("v0-{v0}.car"));
+        let cid: Cid = reference::write_dir_car(&root, &car, v0)?.parse()?;
+        let mut blocks = HashMap::new();
+        let mut reader = CarReader::new(fs::File::open(&car)?)?;
+        while let Some((cid, bytes)) = reader.next_block()? {
+            blocks.insert(cid, bytes);
+        }
+        assert_eq!(names(&mut blocks, cid)?, ["cover.png", "meta"]);
+        let meta = unixfs::resolve(&mut blocks, &cid, &["meta".into()])?;
+        let mut want: Vec<String> = (0..6000).map(token).collect();
+        want.push("extra".into());
+        want.sort();
+        assert_eq!(names(&mut blocks, meta)?, want, "v0: {v0}");
+        for i in [0, 4321, 5999] {
+            let path = ["meta".to_owned(), token(i)];
+            let file = unixfs::resolve(&mut blocks, &cid, &path)?;
+            let mut out = Vec::new();
+            unixfs::read_range(&mut blocks, &file, 0, None, &mut out)?;
+            assert_eq!(out, token_json(i).as_bytes(), "token {i}, v0: {v0}");
+        }
+        let deep = ["meta", "extra", "note.txt"].map(String::from);
+        let mut out = Vec::new();
+        let note = unixfs::resolve(&mut blocks, &cid, &deep)?;
+        unixfs::read_range(&mut blocks, &note, 0, None, &mut out)?;
+        assert_eq!(out, b"inside a sharded directory");
+        let missing = unixfs::resolve(&mut blocks, &cid, &["meta".into(), token(6000)]);
+        assert!(
+            matches!(missing, Err(unixfs::ReadError::NotFound { .. })),
+            "{missing:?}"
+        );
+        let through_a_file = ["cover.png", "x"].map(String::from);
+        let through = unixfs::resolve(&mut blocks, &cid, &through_a_file);
+        assert!(
+            matches!(through, Err(unixfs::ReadError::NotADirectory { .. })),
+            "{through:?}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn a_sharded_directory_cairn_writes_is_read_by_the_reference() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let root = tmp.path().join("collection");
+    collection(&root, 6000)?;
+    let cid = add::import_path(&root, RECURSIVE, &mut NullSink)?.cid;
+    let car = tmp.path().join("out.car");
+    let mut writer = CarWriter::new(fs::File::create(&car)?, &[cid])?;
+    add::import_path(&root, RECURSIVE, &mut writer)?;
+    writer.finish()?;
+    for i in [0, 4321, 5999] {
+        let summary = reference::read_car_at(&car, &format!("meta/{}", token(i)))?;
+        assert_eq!(summary.roots, [cid.to_string()]);
+        assert_eq!(summary.sha256, hex(&sha2::Sha256::digest(token_json(i))));
+    }
+    Ok(())
+}
+
+fn names(blocks: &mut HashMap<Cid, Vec<u8>>, dir: Cid) -> Result<Vec<String>> {
+    Ok(unixfs::list_directory(blocks, &dir)?
+        .into_iter()
+        .map(|e| e.name)
+        .collect())
+}
+
+/// Keeps every block an import writes.
+struct Blocks<'a>(&'a mut HashMap<Cid, Vec<u8>>);
+
+impl unixfs::BlockSink for Blocks<'_> {
+    fn put(&mut self, cid: &Cid, block: &[u8]) -> std::io::Result<()> {
+        self.0.insert(*cid, block.to_vec());
+        Ok(())
+    }
+}
+
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }

@@ -12,7 +12,7 @@ use ipld_dagpb::{PbLink, PbNode};
 use prost::Message as _;
 use rayon::prelude::*;
 
-use super::{CHUNK_SIZE, Data, DataType, MAX_DIRECTORY_LINK_BYTES, MAX_LINKS};
+use super::{CHUNK_SIZE, Data, DataType, MAX_DIRECTORY_LINK_BYTES, MAX_LINKS, hamt};
 use crate::block::{self, DAG_PB, RAW};
 
 /// Where an import puts its blocks, in the order it produces them: every
@@ -221,7 +221,11 @@ fn file_node(children: &[Entry], sink: &mut impl BlockSink) -> io::Result<Entry>
     Ok(Entry { file_size, ..node })
 }
 
-fn write_node(links: Vec<PbLink>, data: Data, sink: &mut impl BlockSink) -> io::Result<Entry> {
+pub(super) fn write_node(
+    links: Vec<PbLink>,
+    data: Data,
+    sink: &mut impl BlockSink,
+) -> io::Result<Entry> {
     let links_size: u64 = links.iter().filter_map(|l| l.size).sum();
     let bytes = PbNode {
         links,
@@ -244,13 +248,10 @@ pub enum DirectoryError {
     BadName(String),
     #[error("directory already has an entry named {0:?}")]
     Duplicate(String),
-    #[error(
-        "directory links take more than {MAX_DIRECTORY_LINK_BYTES} bytes; IPFS would shard it (HAMT), which Cairn does not support yet"
-    )]
-    TooLarge,
 }
 
-/// A plain UnixFS directory, built from already-imported entries.
+/// A UnixFS directory, built from already-imported entries: one node, or
+/// HAMT shards once the links outgrow [`MAX_DIRECTORY_LINK_BYTES`].
 #[derive(Debug, Default)]
 pub struct DirectoryBuilder {
     entries: BTreeMap<String, Entry>,
@@ -271,15 +272,16 @@ impl DirectoryBuilder {
         }
         // The estimate IPFS uses to decide when to shard.
         self.link_bytes += name.len() + entry.cid.encoded_len();
-        if self.link_bytes > MAX_DIRECTORY_LINK_BYTES {
-            return Err(DirectoryError::TooLarge);
-        }
         self.entries.insert(name.to_owned(), entry);
         Ok(())
     }
 
-    /// Writes the directory node; links are sorted by name bytes.
+    /// Writes the directory: one node whose links are sorted by name
+    /// bytes, or its shards, the root last.
     pub fn finish(self, sink: &mut impl BlockSink) -> io::Result<Entry> {
+        if self.link_bytes > MAX_DIRECTORY_LINK_BYTES {
+            return hamt::build(self.entries.into_iter().collect(), sink);
+        }
         let links = self
             .entries
             .into_iter()

@@ -1,11 +1,13 @@
 //! UnixFS, byte-identical to IPFS (`ipfs add --cid-version 1` defaults):
 //! fixed 256 KiB chunks, raw leaves, a balanced dag-pb DAG of at most 174
 //! links per node, sha2-256, CIDv1. Content of one chunk or less is its raw
-//! leaf. Directories are plain (unsharded) UnixFS directories.
+//! leaf. A directory is one dag-pb node, or HAMT-sharded ([`hamt`]) once
+//! its links outgrow [`MAX_DIRECTORY_LINK_BYTES`], as IPFS shards it.
 //!
 //! [`import`] turns bytes into blocks in bounded memory; [`read`] turns blocks
 //! back into bytes, verifying every block against its CID first.
 
+pub mod hamt;
 pub mod import;
 pub mod read;
 
@@ -13,7 +15,7 @@ pub use import::{
     BlockSink, ByteCount, DirectoryBuilder, Entry, HashLeaves, IMPORT_BATCH, Leaves, NullSink,
     import_file, import_file_with,
 };
-pub use read::{BlockSource, DirEntry, ReadError, is_leaf, list_directory, read_range};
+pub use read::{BlockSource, DirEntry, ReadError, is_leaf, list_directory, read_range, resolve};
 
 /// Bytes per leaf chunk.
 pub const CHUNK_SIZE: usize = 262_144;
@@ -21,8 +23,8 @@ pub const CHUNK_SIZE: usize = 262_144;
 pub const MAX_LINKS: usize = 174;
 /// Largest block Cairn accepts from any source (the bitswap limit of IPFS).
 pub const MAX_BLOCK_SIZE: usize = 2 * 1024 * 1024;
-/// A plain directory whose links (names plus CIDs) exceed this many bytes is
-/// HAMT-sharded by IPFS, which Cairn does not produce yet.
+/// A directory whose links (the bytes of their names plus CIDs) exceed this
+/// many is HAMT-sharded, as IPFS does.
 pub const MAX_DIRECTORY_LINK_BYTES: usize = 262_144;
 
 /// The UnixFS `Data` message (unixfs.proto, proto2) carried in a dag-pb

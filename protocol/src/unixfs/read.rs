@@ -12,7 +12,7 @@ use cid::Cid;
 use ipld_dagpb::PbNode;
 use prost::Message as _;
 
-use super::{Data, DataType, MAX_BLOCK_SIZE};
+use super::{Data, DataType, MAX_BLOCK_SIZE, hamt};
 use crate::block::{self, DAG_PB, RAW};
 
 /// Deepest DAG the reader follows. A balanced DAG of 174-link nodes needs
@@ -67,13 +67,17 @@ pub enum ReadError {
     IsDirectory { cid: Cid },
     #[error("{cid} is not a UnixFS file or directory")]
     Unsupported { cid: Cid },
+    #[error("{dir} has no entry {name:?}")]
+    NotFound { dir: Cid, name: Box<str> },
+    #[error("{cid} is a file, not a directory: it has no entry {name:?}")]
+    NotADirectory { cid: Cid, name: Box<str> },
     #[error("DAG under {cid} is deeper than {MAX_DEPTH} levels")]
     TooDeep { cid: Cid },
     #[error("could not write output: {0}")]
     Write(io::Error),
 }
 
-fn malformed(cid: &Cid, reason: impl Into<String>) -> ReadError {
+pub(super) fn malformed(cid: &Cid, reason: impl Into<String>) -> ReadError {
     ReadError::Malformed {
         cid: *cid,
         reason: reason.into(),
@@ -101,9 +105,17 @@ fn fetch(source: &mut impl BlockSource, cid: &Cid) -> Result<Bytes, ReadError> {
 }
 
 /// A decoded dag-pb UnixFS node.
-struct Node {
-    links: Vec<ipld_dagpb::PbLink>,
-    data: Data,
+pub(super) struct Node {
+    pub(super) links: Vec<ipld_dagpb::PbLink>,
+    pub(super) data: Data,
+}
+
+/// The dag-pb node `cid`, fetched, checked and decoded.
+pub(super) fn fetch_node(source: &mut impl BlockSource, cid: &Cid) -> Result<Node, ReadError> {
+    if cid.codec() != DAG_PB {
+        return Err(ReadError::Unsupported { cid: *cid });
+    }
+    decode_node(cid, fetch(source, cid)?)
 }
 
 /// Whether `block`, named `cid`, is a file's leaf: a raw block, or a
@@ -231,18 +243,15 @@ pub struct DirEntry {
     pub dag_size: u64,
 }
 
-/// The entries of a plain UnixFS directory, in name order.
+/// The entries of a UnixFS directory, plain or HAMT-sharded, in name order.
 pub fn list_directory(
     source: &mut impl BlockSource,
     cid: &Cid,
 ) -> Result<Vec<DirEntry>, ReadError> {
-    if cid.codec() != DAG_PB {
-        return Err(ReadError::Unsupported { cid: *cid });
-    }
-    let node = decode_node(cid, fetch(source, cid)?)?;
+    let node = fetch_node(source, cid)?;
     match node.data.r#type() {
         DataType::Directory => {}
-        DataType::HamtShard => return Err(ReadError::Unsupported { cid: *cid }),
+        DataType::HamtShard => return hamt::list(source, cid),
         _ => return Err(malformed(cid, "not a directory")),
     }
     node.links
@@ -251,9 +260,7 @@ pub fn list_directory(
             let name = l
                 .name
                 .ok_or_else(|| malformed(cid, "directory link without a name"))?;
-            if name.is_empty() || name == "." || name == ".." || name.contains('/') {
-                return Err(malformed(cid, format!("unsafe entry name {name:?}")));
-            }
+            check_name(cid, &name)?;
             Ok(DirEntry {
                 name,
                 cid: l.cid,
@@ -261,6 +268,50 @@ pub fn list_directory(
             })
         })
         .collect()
+}
+
+/// `name`, if it is safe to create in a directory: not empty, `.`, `..`
+/// or holding a `/`.
+pub(super) fn check_name<'a>(dir: &Cid, name: &'a str) -> Result<&'a str, ReadError> {
+    if name.is_empty() || name == "." || name == ".." || name.contains('/') {
+        return Err(malformed(dir, format!("unsafe entry name {name:?}")));
+    }
+    Ok(name)
+}
+
+/// The CID at `path` under `root`: each name an entry of the directory
+/// (plain or sharded) before it.
+pub fn resolve(
+    source: &mut impl BlockSource,
+    root: &Cid,
+    path: &[String],
+) -> Result<Cid, ReadError> {
+    let mut at = *root;
+    for name in path {
+        let not_dir = || ReadError::NotADirectory {
+            cid: at,
+            name: name.as_str().into(),
+        };
+        if at.codec() != DAG_PB {
+            return Err(not_dir());
+        }
+        let node = fetch_node(source, &at)?;
+        let found = match node.data.r#type() {
+            DataType::Directory => node
+                .links
+                .iter()
+                .find(|l| l.name.as_deref() == Some(name.as_str()))
+                .map(|l| l.cid),
+            DataType::HamtShard => hamt::lookup(source, &at, name)?,
+            DataType::File | DataType::Raw => return Err(not_dir()),
+            _ => return Err(ReadError::Unsupported { cid: at }),
+        };
+        at = found.ok_or_else(|| ReadError::NotFound {
+            dir: at,
+            name: name.as_str().into(),
+        })?;
+    }
+    Ok(at)
 }
 
 #[cfg(test)]
