@@ -21,6 +21,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use cairn_protocol::address::Address;
 use cairn_protocol::erasure::Scheme;
 use cairn_protocol::seal::{Handle as SealHandle, Key, Target};
 use futures::StreamExt as _;
@@ -472,7 +473,7 @@ async fn pin_status_route(
 }
 
 async fn open(net: &Handle, target: &str) -> Result<Content, ApiError> {
-    let target: Target = target.parse().map_err(bad)?;
+    let target: Address = target.parse().map_err(bad)?;
     Content::open(net, target, GetOptions::default())
         .await
         .map_err(failed)
@@ -654,7 +655,7 @@ impl Remote {
         }
     }
 
-    pub fn get(&self, target: &Target, output: &Path) -> Result<()> {
+    pub fn get(&self, target: &Address, output: &Path) -> Result<()> {
         let sent = self
             .agent
             .post(self.url("get"))
@@ -713,7 +714,7 @@ impl Remote {
 
     pub fn cat(
         &self,
-        target: &Target,
+        target: &Address,
         offset: u64,
         length: Option<u64>,
         out: &mut impl Write,

@@ -21,6 +21,9 @@ use bytes::Bytes;
 const ALIGN: usize = 4096;
 /// Bytes a [`Writer`] gathers before writing.
 const WRITER_CHUNK: usize = 4 << 20;
+/// A [`Writer`]'s first chunk, grown fourfold up to [`WRITER_CHUNK`] as
+/// needed: a small file does not zero megabytes it never uses.
+const FIRST_CHUNK: usize = 64 << 10;
 
 fn is_unsupported(e: &io::Error) -> bool {
     e.raw_os_error() == Some(libc::EINVAL)
@@ -91,16 +94,17 @@ fn read_direct(path: &Path, max: u64) -> io::Result<Bytes> {
     Ok(Bytes::from(buf).slice(start..start + got.min(want)))
 }
 
-/// A buffer of [`WRITER_CHUNK`] bytes aligned to [`ALIGN`].
+/// A buffer of `len` bytes (a multiple of [`ALIGN`]) aligned to [`ALIGN`].
 struct Chunk {
     buf: Vec<u8>,
     start: usize,
+    len: usize,
 }
 
 impl Chunk {
-    fn new() -> Chunk {
-        let (buf, start) = aligned(WRITER_CHUNK);
-        Chunk { buf, start }
+    fn new(len: usize) -> Chunk {
+        let (buf, start) = aligned(len);
+        Chunk { buf, start, len }
     }
 
     /// A placeholder, never written to.
@@ -108,11 +112,12 @@ impl Chunk {
         Chunk {
             buf: Vec::new(),
             start: 0,
+            len: 0,
         }
     }
 
     fn bytes(&mut self) -> &mut [u8] {
-        &mut self.buf[self.start..self.start + WRITER_CHUNK]
+        &mut self.buf[self.start..self.start + self.len]
     }
 }
 
@@ -146,12 +151,15 @@ impl Out {
         Ok(())
     }
 
-    /// Cuts the padding and syncs.
-    fn finish(&mut self) -> io::Result<()> {
+    /// Cuts the padding, and syncs if `sync`.
+    fn finish(&mut self, sync: bool) -> io::Result<()> {
         if self.direct {
             self.file.set_len(self.written)?;
         }
-        self.file.sync_all()
+        match sync {
+            true => self.file.sync_all(),
+            false => Ok(()),
+        }
     }
 }
 
@@ -228,7 +236,7 @@ impl Writer {
         Ok(Writer {
             out: Some(out),
             behind: None,
-            chunk: Chunk::new(),
+            chunk: Chunk::new(FIRST_CHUNK),
             filled: 0,
         })
     }
@@ -247,7 +255,7 @@ impl Writer {
         }
         self.chunk = if behind.chunks < 2 {
             behind.chunks += 1;
-            Chunk::new()
+            Chunk::new(WRITER_CHUNK)
         } else {
             match behind.free.recv() {
                 Ok(chunk) => chunk,
@@ -259,10 +267,26 @@ impl Writer {
         Ok(())
     }
 
-    pub fn finish(mut self) -> io::Result<()> {
+    pub fn finish(self) -> io::Result<()> {
+        self.finish_with(true)
+    }
+
+    /// [`Writer::finish`] without the sync: for one of many files, synced
+    /// together after (`syncfs`).
+    pub fn finish_unsynced(self) -> io::Result<()> {
+        self.finish_with(false)
+    }
+
+    fn finish_with(mut self, sync: bool) -> io::Result<()> {
         let chunk = std::mem::replace(&mut self.chunk, Chunk::empty());
         let mut out = match (self.out.take(), self.behind.take()) {
             (Some(mut out), _) => {
+                // A file of one chunk synced later with many others goes
+                // through the cache: direct, each would wait for the disk.
+                if !sync && out.direct {
+                    out.file = open(&out.path, true, false)?;
+                    out.direct = false;
+                }
                 let mut chunk = chunk;
                 out.write(&mut chunk, self.filled, true)?;
                 out
@@ -277,16 +301,21 @@ impl Writer {
             }
             (None, None) => return Err(failed()),
         };
-        out.finish()
+        out.finish(sync)
     }
 }
 
 impl Write for Writer {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if self.filled == self.chunk.len && self.chunk.len < WRITER_CHUNK {
+            let mut grown = Chunk::new((self.chunk.len * 4).min(WRITER_CHUNK));
+            grown.bytes()[..self.filled].copy_from_slice(&self.chunk.bytes()[..self.filled]);
+            self.chunk = grown;
+        }
         if self.filled == WRITER_CHUNK {
             self.write_out()?;
         }
-        let n = data.len().min(WRITER_CHUNK - self.filled);
+        let n = data.len().min(self.chunk.len - self.filled);
         self.chunk.bytes()[self.filled..self.filled + n].copy_from_slice(&data[..n]);
         self.filled += n;
         Ok(n)
@@ -312,6 +341,10 @@ mod tests {
             ALIGN - 1,
             ALIGN,
             ALIGN + 1,
+            // The first chunk, and as it grows.
+            FIRST_CHUNK,
+            FIRST_CHUNK + 1,
+            4 * FIRST_CHUNK + 1,
             WRITER_CHUNK,
             WRITER_CHUNK + 3,
             3 * WRITER_CHUNK + 5,
@@ -329,6 +362,11 @@ mod tests {
             if len > 2 {
                 assert_eq!(read_file(&path, 1).expect("read"), data[..2]);
             }
+            // Unsynced, one chunk goes through the cache: the same bytes.
+            let mut w = Writer::create(&path).expect("create");
+            w.write_all(&data).expect("write");
+            w.finish_unsynced().expect("finish");
+            assert_eq!(read_file(&path, len as u64).expect("read"), data);
         }
     }
 }

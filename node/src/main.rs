@@ -14,9 +14,9 @@ use cairn_node::config::{self, LogFormat};
 use cairn_node::node::{self, Node};
 use cairn_node::store::{self, Store};
 use cairn_node::{api, cli, client};
+use cairn_protocol::address::Address;
 use cairn_protocol::car::{CarReader, CarWriter};
 use cairn_protocol::erasure::Scheme;
-use cairn_protocol::seal::Target;
 use cairn_protocol::unixfs::{NullSink, ReadError};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -41,9 +41,12 @@ enum Command {
     Add(AddArgs),
     /// Get content by CID into a file or directory.
     Get {
-        /// The content's CID, or the handle `add --encrypt` printed.
-        cid: Target,
-        /// Where to write it [default: ./<CID>]; must not exist.
+        /// The content's CID, or the handle `add --encrypt` printed; a path
+        /// under a directory's CID as IPFS links write it: `CID/a/b.json`,
+        /// `/ipfs/CID/a/b.json` or `ipfs://CID/a/b.json`.
+        cid: Address,
+        /// Where to write it [default: ./<CID>, or ./<last name of the
+        /// path>]; must not exist.
         #[arg(short, long)]
         output: Option<PathBuf>,
         #[command(flatten)]
@@ -51,8 +54,10 @@ enum Command {
     },
     /// Write a file's content, or a byte range of it, to stdout.
     Cat {
-        /// The content's CID, or the handle `add --encrypt` printed.
-        cid: Target,
+        /// The content's CID, or the handle `add --encrypt` printed; a path
+        /// under a directory's CID as IPFS links write it: `CID/a/b.json`,
+        /// `/ipfs/CID/a/b.json` or `ipfs://CID/a/b.json`.
+        cid: Address,
         /// First byte to write.
         #[arg(long, default_value_t = 0)]
         offset: u64,
@@ -350,7 +355,10 @@ fn run() -> Result<()> {
         Command::Node(_) | Command::Devnet(_) => unreachable!("handled above"),
         Command::Add(args) => add(args)?,
         Command::Get { cid, output, get } => {
-            let output = output.unwrap_or_else(|| PathBuf::from(cid.root().to_string()));
+            let output = output.unwrap_or_else(|| match cid.path.last() {
+                Some(name) => PathBuf::from(name),
+                None => PathBuf::from(cid.target.root().to_string()),
+            });
             read_content(cid, get, Some(output), (0, None))?;
         }
         Command::Cat {
@@ -767,7 +775,7 @@ impl Via {
 
 /// Writes content to stdout (`cat`) or to `output` (`get`).
 fn read_content(
-    target: Target,
+    target: Address,
     args: GetArgs,
     output: Option<PathBuf>,
     range: (u64, Option<u64>),

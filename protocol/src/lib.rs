@@ -2,6 +2,8 @@
 //! with no sockets, no async runtime, no clock and no randomness of its own
 //! (callers pass `now` and nonces in).
 //!
+//! - [`address`]: a CID or sealed handle and a path under it, as IPFS links
+//!   write them.
 //! - [`block`]: CIDs, and checking a block against its CID.
 //! - [`unixfs`]: import bytes and directories exactly as IPFS does; read
 //!   content or a byte range back from blocks, verifying each one.
@@ -23,6 +25,7 @@
 #[cfg(not(target_pointer_width = "64"))]
 compile_error!("Cairn supports 64-bit targets only");
 
+pub mod address;
 pub mod block;
 pub mod car;
 pub mod erasure;

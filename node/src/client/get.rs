@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use bytes::Bytes;
+use cairn_protocol::address::Address;
 use cairn_protocol::block::{self, DAG_PB, RAW};
 use cairn_protocol::erasure;
 use cairn_protocol::manifest::Manifest;
@@ -83,6 +84,9 @@ pub struct Unknown(pub Cid);
 
 /// Blocks of a segment kept after it is read.
 const SEGMENTS_CACHED: usize = 2;
+/// Blocks of a file named by a path read alone, one by one, rather than in
+/// segments, if they are in less than a piece: 4 MiB in 16 leaves.
+const READ_ALONE_BLOCKS: usize = 16;
 /// Bytes of dag-pb blocks kept: the DAG's inner nodes, read out of order.
 const INNER_CACHED: usize = 16 << 20;
 
@@ -92,19 +96,21 @@ pub struct Content {
     manifest: Arc<Manifest>,
     /// Sealed content's key: the stored file is its ciphertext.
     key: Option<Key>,
+    /// Entry names from the root to what is read.
+    path: Vec<String>,
     options: GetOptions,
     hedge: Arc<Hedge>,
     stats: Arc<Mutex<GetStats>>,
 }
 
 impl Content {
-    /// Finds the manifest of the target's root through the DHT.
+    /// Finds the manifest of the address's root through the DHT.
     pub async fn open(
         net: &Handle,
-        target: impl Into<Target>,
+        address: impl Into<Address>,
         options: GetOptions,
     ) -> Result<Content> {
-        let target = target.into();
+        let Address { target, path } = address.into();
         let root = target.root();
         let Some(manifest) = find_manifest(net, root).await? else {
             return Err(Unknown(root).into());
@@ -117,6 +123,7 @@ impl Content {
                 Target::Plain(_) => None,
                 Target::Sealed(h) => Some(h.key),
             },
+            path,
             hedge: Arc::new(Hedge::new(options.hedge_after)),
             options,
             stats: Arc::default(),
@@ -161,8 +168,45 @@ impl Content {
         out: &mut impl Write,
     ) -> Result<u64, ReadError> {
         let end = len.map_or(u64::MAX, |l| offset.saturating_add(l));
-        let mut source = self.source(self.plan(offset..end));
-        unixfs::read_range(&mut source, &self.manifest.root, offset, len, out)
+        let mut source = self.source();
+        let (cid, span) = self.resolve(&mut source)?;
+        source.set_plan(self.plan(span, offset..end));
+        unixfs::read_range(&mut source, &cid, offset, len, out)
+    }
+
+    /// What the address names, and the stream bytes its DAG is taken to
+    /// fill: all of them for the root. An entry's DAG is taken to be the
+    /// `Tsize` bytes its root ends, as an importer writes it; none when it
+    /// is a few blocks in less than a piece, which are better read alone.
+    fn resolve(&self, source: &mut NetSource<'_>) -> Result<(Cid, Range<u64>), ReadError> {
+        let m = &self.manifest;
+        let mut entry = None;
+        for name in &self.path {
+            let dir = entry.as_ref().map_or(m.root, |e: &unixfs::DirEntry| e.cid);
+            entry = Some(unixfs::lookup(source, &dir, name)?);
+        }
+        let Some(entry) = entry else {
+            return Ok((m.root, 0..m.stream_len));
+        };
+        let end = source.locate.get(&entry.cid).map(|at| at.end);
+        let Some(span) = end.and_then(|end| Some(end.checked_sub(entry.dag_size)?..end)) else {
+            return Ok((entry.cid, 0..0));
+        };
+        let starts: Vec<u64> = self.block_starts().filter(|at| span.contains(at)).collect();
+        let few = starts.len() <= READ_ALONE_BLOCKS && span.end - span.start < m.piece_len(0);
+        if few || starts.first() != Some(&span.start) {
+            return Ok((entry.cid, 0..0));
+        }
+        Ok((entry.cid, span))
+    }
+
+    /// Where each block starts in the stream.
+    fn block_starts(&self) -> impl Iterator<Item = u64> + '_ {
+        self.manifest.blocks.iter().scan(0, |at, b| {
+            let start = *at;
+            *at += b.1;
+            Some(start)
+        })
     }
 
     /// Writes the content to `path`: a file, or a directory tree. `path` must
@@ -175,21 +219,22 @@ impl Content {
             );
         }
         if self.key.is_some() {
-            return write_file(path, |out| self.read(0, None, out));
+            return write_file(path, true, |out| self.read(0, None, out));
         }
-        let all = (0..self.manifest.segments.len() as u64).collect();
-        let mut source = self.source(all);
-        save(&mut source, &self.manifest.root, path)
+        let mut source = self.source();
+        let (cid, span) = self.resolve(&mut source)?;
+        source.set_plan(self.manifest.segments_for(span).collect());
+        save(&mut source, &cid, path)
     }
 
-    fn source(&self, plan: Vec<u64>) -> NetSource<'_> {
+    fn source(&self) -> NetSource<'_> {
         NetSource {
             content: self,
             rt: tokio::runtime::Handle::current(),
             locate: self.manifest.locate(),
             inner_at: self.inner_blocks(),
-            leaves_at: plan.first().copied().unwrap_or(0),
-            plan,
+            leaves_at: 0,
+            plan: Vec::new(),
             in_flight: HashMap::new(),
             cache: VecDeque::new(),
             inner: HashMap::new(),
@@ -211,14 +256,14 @@ impl Content {
         out
     }
 
-    /// The segments holding the file's bytes `range`, in order: what the
-    /// reader will want, so what to fetch ahead. The raw leaves of a file
-    /// are its bytes in stream order.
-    fn plan(&self, range: Range<u64>) -> Vec<u64> {
+    /// The segments holding bytes `range` of the file whose DAG fills
+    /// stream bytes `span`, in order: what the reader will want, so what to
+    /// fetch ahead. The raw leaves of a file are its bytes in stream order.
+    fn plan(&self, span: Range<u64>, range: Range<u64>) -> Vec<u64> {
         let mut plan = BTreeSet::new();
         let (mut at, mut file_at) = (0u64, 0u64);
         for b in &self.manifest.blocks {
-            if b.0.codec() == RAW {
+            if b.0.codec() == RAW && span.start <= at && at + b.1 <= span.end {
                 let leaf = file_at..file_at + b.1;
                 if leaf.start < range.end && range.start < leaf.end {
                     plan.extend(self.manifest.segments_for(at..at + b.1));
@@ -230,31 +275,47 @@ impl Content {
         // Leaves that are dag-pb nodes (CIDv0) give no file offsets
         // without decoding: a read from the start to the end takes all.
         if file_at == 0 && range == (0..u64::MAX) {
-            return (0..self.manifest.segments.len() as u64).collect();
+            return self.manifest.segments_for(span).collect();
         }
         plan.into_iter().collect()
     }
 }
 
+/// Writes the file or directory tree `cid` as `path`, synced: a file
+/// alone, a tree's files all at once when complete.
 fn save(source: &mut NetSource<'_>, cid: &Cid, path: &Path) -> Result<()> {
-    let written = write_file(path, |out| {
+    if !save_entry(source, cid, path, true)? {
+        return Ok(());
+    }
+    let dir = fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    rustix::fs::syncfs(&dir).with_context(|| format!("cannot sync {}", path.display()))
+}
+
+/// Writes `cid` as `path`, a file synced if `sync`; whether it was a
+/// directory, whose files are not synced.
+fn save_entry(source: &mut NetSource<'_>, cid: &Cid, path: &Path, sync: bool) -> Result<bool> {
+    let written = write_file(path, sync, |out| {
         Ok(unixfs::read_range(&mut *source, cid, 0, None, out).map(drop)?)
     });
     match written {
         Err(e) if matches!(e.downcast_ref(), Some(ReadError::IsDirectory { .. })) => {
             fs::create_dir(path).with_context(|| format!("cannot create {}", path.display()))?;
             for entry in unixfs::list_directory(source, cid)? {
-                save(source, &entry.cid, &path.join(&entry.name))?;
+                save_entry(source, &entry.cid, &path.join(&entry.name), false)?;
             }
-            Ok(())
+            Ok(true)
         }
-        other => other,
+        other => other.map(|()| false),
     }
 }
 
-/// Writes a file through `write` as `path.part`, synced and renamed to
-/// `path` once complete; removes the part on failure.
-fn write_file(path: &Path, write: impl FnOnce(&mut direct::Writer) -> Result<()>) -> Result<()> {
+/// Writes a file through `write` as `path.part`, synced if `sync`, and
+/// renamed to `path` once complete; removes the part on failure.
+fn write_file(
+    path: &Path,
+    sync: bool,
+    write: impl FnOnce(&mut direct::Writer) -> Result<()>,
+) -> Result<()> {
     let part = path.with_extension(match path.extension() {
         Some(e) => format!("{}.part", e.to_string_lossy()),
         None => "part".into(),
@@ -262,8 +323,11 @@ fn write_file(path: &Path, write: impl FnOnce(&mut direct::Writer) -> Result<()>
     let mut out = direct::Writer::create(&part)
         .with_context(|| format!("cannot create {}", part.display()))?;
     let written = write(&mut out).and_then(|()| {
-        out.finish()
-            .with_context(|| format!("cannot write {}", part.display()))
+        match sync {
+            true => out.finish(),
+            false => out.finish_unsynced(),
+        }
+        .with_context(|| format!("cannot write {}", part.display()))
     });
     match written {
         Ok(()) => {
@@ -345,6 +409,13 @@ struct NetSource<'a> {
 }
 
 impl NetSource<'_> {
+    /// The segments the reader will want, in order; reading starts at the
+    /// first.
+    fn set_plan(&mut self, plan: Vec<u64>) {
+        self.leaves_at = plan.first().copied().unwrap_or(0);
+        self.plan = plan;
+    }
+
     fn segment(&mut self, index: u64) -> io::Result<Arc<Segment>> {
         if let Some(at) = self.cache.iter().position(|(i, _)| *i == index) {
             let hit = self.cache.remove(at).expect("present");
@@ -598,6 +669,12 @@ impl BlockSource for NetSource<'_> {
         // dropped again before the leaves reach them (the root, read first,
         // is in the last one).
         let coming = |s: u64| self.cached(s) || self.in_flight.contains_key(&s);
+        // So is a leaf outside the plan: a small file named by a path.
+        let planned = |s: u64| self.plan.binary_search(&s).is_ok();
+        let unplanned = leaf && !segments.clone().any(|s| planned(s) || coming(s));
+        if unplanned && let Some(bytes) = self.read_alone(&at) {
+            return Ok(bytes);
+        }
         if !leaf && segments.start > self.leaves_at && !segments.clone().any(coming) {
             self.fetch_ahead(None);
             if let Some(bytes) = self.read_alone(&at) {

@@ -15,7 +15,9 @@ pub use import::{
     BlockSink, ByteCount, DirectoryBuilder, Entry, HashLeaves, IMPORT_BATCH, Leaves, NullSink,
     import_file, import_file_with,
 };
-pub use read::{BlockSource, DirEntry, ReadError, is_leaf, list_directory, read_range, resolve};
+pub use read::{
+    BlockSource, DirEntry, ReadError, is_leaf, list_directory, lookup, read_range, resolve,
+};
 
 /// Bytes per leaf chunk.
 pub const CHUNK_SIZE: usize = 262_144;

@@ -279,39 +279,45 @@ pub(super) fn check_name<'a>(dir: &Cid, name: &'a str) -> Result<&'a str, ReadEr
     Ok(name)
 }
 
+/// The entry `name` of the directory `dir`, plain or sharded.
+pub fn lookup(source: &mut impl BlockSource, dir: &Cid, name: &str) -> Result<DirEntry, ReadError> {
+    let not_dir = || ReadError::NotADirectory {
+        cid: *dir,
+        name: name.into(),
+    };
+    if dir.codec() != DAG_PB {
+        return Err(not_dir());
+    }
+    let node = fetch_node(source, dir)?;
+    let found = match node.data.r#type() {
+        DataType::Directory => node
+            .links
+            .into_iter()
+            .find(|l| l.name.as_deref() == Some(name))
+            .map(|l| DirEntry {
+                name: name.to_owned(),
+                cid: l.cid,
+                dag_size: l.size.unwrap_or(0),
+            }),
+        DataType::HamtShard => hamt::lookup(source, dir, name)?,
+        DataType::File | DataType::Raw => return Err(not_dir()),
+        _ => return Err(ReadError::Unsupported { cid: *dir }),
+    };
+    found.ok_or_else(|| ReadError::NotFound {
+        dir: *dir,
+        name: name.into(),
+    })
+}
+
 /// The CID at `path` under `root`: each name an entry of the directory
-/// (plain or sharded) before it.
+/// before it.
 pub fn resolve(
     source: &mut impl BlockSource,
     root: &Cid,
     path: &[String],
 ) -> Result<Cid, ReadError> {
-    let mut at = *root;
-    for name in path {
-        let not_dir = || ReadError::NotADirectory {
-            cid: at,
-            name: name.as_str().into(),
-        };
-        if at.codec() != DAG_PB {
-            return Err(not_dir());
-        }
-        let node = fetch_node(source, &at)?;
-        let found = match node.data.r#type() {
-            DataType::Directory => node
-                .links
-                .iter()
-                .find(|l| l.name.as_deref() == Some(name.as_str()))
-                .map(|l| l.cid),
-            DataType::HamtShard => hamt::lookup(source, &at, name)?,
-            DataType::File | DataType::Raw => return Err(not_dir()),
-            _ => return Err(ReadError::Unsupported { cid: at }),
-        };
-        at = found.ok_or_else(|| ReadError::NotFound {
-            dir: at,
-            name: name.as_str().into(),
-        })?;
-    }
-    Ok(at)
+    path.iter()
+        .try_fold(*root, |dir, name| Ok(lookup(source, &dir, name)?.cid))
 }
 
 #[cfg(test)]
