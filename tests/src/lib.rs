@@ -111,6 +111,39 @@ pub mod reference {
     }
 }
 
+pub mod nft {
+    //! An NFT collection as projects lay one out: `meta/` holds a token
+    //! file per token (thousands make a directory IPFS shards), beside a
+    //! subdirectory, and a cover image at the top.
+
+    use std::fs;
+    use std::path::Path;
+
+    use anyhow::Result;
+
+    /// Writes the collection of `n` tokens under `root`, the cover
+    /// `cover` bytes long.
+    pub fn collection(root: &Path, n: usize, cover: &[u8]) -> Result<()> {
+        fs::create_dir_all(root.join("meta/extra"))?;
+        for i in 0..n {
+            fs::write(root.join("meta").join(token(i)), token_json(i))?;
+        }
+        fs::write(root.join("meta/extra/note.txt"), NOTE)?;
+        fs::write(root.join("cover.png"), cover)?;
+        Ok(())
+    }
+
+    pub const NOTE: &[u8] = b"inside a sharded directory";
+
+    pub fn token(i: usize) -> String {
+        format!("{i:05}-token.json")
+    }
+
+    pub fn token_json(i: usize) -> String {
+        format!("{{\"name\":\"#{i}\",\"image\":\"ipfs://cover.png\"}}")
+    }
+}
+
 pub mod procs {
     //! Real `cairn` and `cairn-bootstrap` processes on loopback. The binaries
     //! are the workspace's own, built beside the test executable

@@ -17,10 +17,12 @@ use anyhow::{Context as _, Result, bail, ensure};
 use cairn_node::add::Options;
 use cairn_node::client::{self, AddOptions, Added, Content, GetOptions, GetStats, Input};
 use cairn_node::node::Handle;
+use cairn_protocol::address::Address;
 use cairn_protocol::block::RAW;
 use cairn_protocol::car::CarWriter;
 use cairn_protocol::seal::{self, Key, RECORD, Sealer};
 use cairn_protocol::unixfs::{ByteCount, CHUNK_SIZE, import_file};
+use cairn_tests::nft::{self, token, token_json};
 use cairn_tests::procs::{Proc, bin};
 use cairn_tests::reference;
 use cid::Cid;
@@ -433,6 +435,120 @@ async fn content_survives_stopped_garbage_and_stalling_holders() -> Result<()> {
     };
     ensure!(err.contains("has 5 of the 6 pieces it needs"), "{err}");
     client.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_nft_collection_is_read_by_its_ipfs_links() -> Result<()> {
+    let net = Net::start(9)?;
+    let work = tempfile::tempdir()?;
+    let cairn = bin("cairn")?;
+    let run = |args: &[&str]| -> Result<std::process::Output> {
+        Ok(Command::new(&cairn)
+            .args(args)
+            .env("CAIRN_BOOTSTRAP", net.bootstrap())
+            .current_dir(work.path())
+            .output()?)
+    };
+    let ok = |out: std::process::Output| -> Result<Vec<u8>> {
+        ensure!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(out.stdout)
+    };
+    // 6,000 tokens make `meta/` a sharded directory; the cover (6 MB) is
+    // more than a piece, fetched in segments.
+    let tree = work.path().join("collection");
+    let cover = random_piece(21, 6_000_000);
+    nft::collection(&tree, 6000, &cover)?;
+    let root = String::from_utf8(ok(run(&["add", "-r", "--quiet", path(&tree)?])?)?)?;
+    let root = root.trim();
+    ensure!(
+        root == reference::hash_dir(&tree)?,
+        "the CID `ipfs add -r` gives"
+    );
+
+    for link in [
+        format!("ipfs://{root}/meta/{}", token(4321)),
+        format!("/ipfs/{root}/meta/{}", token(4321)),
+        format!("{root}/meta/{}", token(4321)),
+    ] {
+        let got = ok(run(&["cat", &link])?)?;
+        ensure!(got == token_json(4321).as_bytes(), "{link}");
+    }
+    let note = format!("ipfs://{root}/meta/extra/note.txt");
+    ensure!(ok(run(&["cat", &note])?)? == nft::NOTE);
+    // `get` names its output after the path's last name.
+    ok(run(&["get", &format!("ipfs://{root}/cover.png")])?)?;
+    ensure!(std::fs::read(work.path().join("cover.png"))? == cover);
+    let range = format!("{root}/cover.png");
+    let got = ok(run(&[
+        "cat", &range, "--offset", "4000000", "--length", "10",
+    ])?)?;
+    ensure!(got == cover[4_000_000..4_000_010]);
+    // A directory under the root comes back whole.
+    let out = work.path().join("meta-out");
+    ok(run(&["get", &format!("{root}/meta"), "-o", path(&out)?])?)?;
+    let names: BTreeSet<_> = std::fs::read_dir(&out)?
+        .map(|e| Ok(e?.file_name().into_string().unwrap_or_default()))
+        .collect::<Result<_>>()?;
+    ensure!(
+        names.len() == 6001 && names.contains("extra"),
+        "{} entries",
+        names.len()
+    );
+    for i in [0, 2999, 5999] {
+        ensure!(std::fs::read(out.join(token(i)))? == token_json(i).as_bytes());
+    }
+    ensure!(std::fs::read(out.join("extra/note.txt"))? == nft::NOTE);
+
+    // A token file is read alone from the holder of its piece: no segment.
+    let (client, _client_dir) = client::ephemeral(vec![net.bootstrap().parse()?]).await?;
+    let address: Address = format!("ipfs://{root}/meta/{}", token(7)).parse()?;
+    let content = Content::open(&client.handle, address, GetOptions::default()).await?;
+    let (got, stats) = tokio::task::spawn_blocking(move || -> Result<_> {
+        let mut out = Vec::new();
+        content.read(0, None, &mut out)?;
+        Ok((out, content.stats()))
+    })
+    .await??;
+    ensure!(got == token_json(7).as_bytes());
+    ensure!(
+        stats.segment_fetches == 0 && stats.ranges >= 3,
+        "{} segments fetched, {} blocks read alone",
+        stats.segment_fetches,
+        stats.ranges
+    );
+    client.stop().await;
+
+    // What is not there is named.
+    let out = run(&["cat", &format!("{root}/meta/{}", token(6000))])?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && err.contains(&format!("has no entry \"{}\"", token(6000))),
+        "{err}"
+    );
+    let out = run(&["cat", &format!("{root}/cover.png/x")])?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && err.contains("is a file, not a directory"),
+        "{err}"
+    );
+
+    // A collection as `ipfs add -r` wrote it in 2021 (CIDv0, dag-pb
+    // leaves), added from the reference importer's CAR.
+    let small = work.path().join("v0");
+    nft::collection(&small, 6000, b"cover")?;
+    let car = work.path().join("v0.car");
+    let v0 = reference::write_dir_car(&small, &car, true)?;
+    ensure!(v0.starts_with("Qm"), "{v0}");
+    let added = ok(run(&["add", "--quiet", "--car", path(&car)?])?)?;
+    ensure!(String::from_utf8(added)?.trim() == v0);
+    let got = ok(run(&["cat", &format!("ipfs://{v0}/meta/{}", token(123))])?)?;
+    ensure!(got == token_json(123).as_bytes());
+    drop(net);
     Ok(())
 }
 

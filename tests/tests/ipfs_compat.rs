@@ -12,6 +12,7 @@ use cairn_node::add::{self, Options};
 use cairn_protocol::Cid;
 use cairn_protocol::car::{CarReader, CarWriter};
 use cairn_protocol::unixfs::{self, CHUNK_SIZE, IMPORT_BATCH, MAX_LINKS, NullSink};
+use cairn_tests::nft::{self, token, token_json};
 use cairn_tests::reference;
 use rand::{Rng, RngCore, SeedableRng};
 use sha2::Digest as _;
@@ -158,27 +159,8 @@ fn a_car_the_reference_writes_is_read_and_verified() -> Result<()> {
     Ok(())
 }
 
-/// An NFT collection as a tree: `meta/` holds `n` token files (a
-/// directory too large for one node), plus a subdirectory and a cover.
 fn collection(root: &Path, n: usize) -> Result<()> {
-    fs::create_dir_all(root.join("meta/extra"))?;
-    for i in 0..n {
-        fs::write(root.join("meta").join(token(i)), token_json(i))?;
-    }
-    fs::write(
-        root.join("meta/extra/note.txt"),
-        b"inside a sharded directory",
-    )?;
-    fs::write(root.join("cover.png"), random_bytes(3 * CHUNK_SIZE + 5, 11))?;
-    Ok(())
-}
-
-fn token(i: usize) -> String {
-    format!("{i:05}-token.json")
-}
-
-fn token_json(i: usize) -> String {
-    format!("{{\"name\":\"#{i}\",\"image\":\"ipfs://cover.png\"}}")
+    nft::collection(root, n, &random_bytes(3 * CHUNK_SIZE + 5, 11))
 }
 
 const RECURSIVE: Options = Options {
@@ -256,7 +238,7 @@ fn sharded_directories_the_reference_writes_are_read_by_path() -> Result<()> {
         let mut out = Vec::new();
         let note = unixfs::resolve(&mut blocks, &cid, &deep)?;
         unixfs::read_range(&mut blocks, &note, 0, None, &mut out)?;
-        assert_eq!(out, b"inside a sharded directory");
+        assert_eq!(out, nft::NOTE);
         let missing = unixfs::resolve(&mut blocks, &cid, &["meta".into(), token(6000)]);
         assert!(
             matches!(missing, Err(unixfs::ReadError::NotFound { .. })),

@@ -240,6 +240,7 @@ impl Content {
             inner: HashMap::new(),
             inner_bytes: 0,
             checked: HashSet::new(),
+            by_path: !self.path.is_empty(),
         }
     }
 
@@ -406,6 +407,9 @@ struct NetSource<'a> {
     inner_bytes: usize,
     /// Segments fetched again with every piece checked.
     checked: HashSet<u64>,
+    /// The content is named by a path: blocks outside the plan are read
+    /// alone, not in segments.
+    by_path: bool,
 }
 
 impl NetSource<'_> {
@@ -667,15 +671,13 @@ impl BlockSource for NetSource<'_> {
         // A dag-pb block past the leaves, in segments neither kept nor on
         // their way, is read alone: fetched whole, its segments would be
         // dropped again before the leaves reach them (the root, read first,
-        // is in the last one).
+        // is in the last one). So is, for content named by a path, any block
+        // outside the plan: the path's directories, a small file.
         let coming = |s: u64| self.cached(s) || self.in_flight.contains_key(&s);
-        // So is a leaf outside the plan: a small file named by a path.
         let planned = |s: u64| self.plan.binary_search(&s).is_ok();
-        let unplanned = leaf && !segments.clone().any(|s| planned(s) || coming(s));
-        if unplanned && let Some(bytes) = self.read_alone(&at) {
-            return Ok(bytes);
-        }
-        if !leaf && segments.start > self.leaves_at && !segments.clone().any(coming) {
+        let unplanned = self.by_path && !segments.clone().any(|s| planned(s) || coming(s));
+        let past_leaves = !leaf && segments.start > self.leaves_at && !segments.clone().any(coming);
+        if unplanned || past_leaves {
             self.fetch_ahead(None);
             if let Some(bytes) = self.read_alone(&at) {
                 if is_leaf(cid, &bytes) {
