@@ -24,6 +24,7 @@ use axum::{Json, Router};
 use cairn_protocol::address::Address;
 use cairn_protocol::erasure::Scheme;
 use cairn_protocol::seal::{Handle as SealHandle, Key, Target};
+use cairn_protocol::unixfs::DirEntry;
 use futures::StreamExt as _;
 use rand::RngCore as _;
 use serde::{Deserialize, Serialize};
@@ -75,6 +76,31 @@ fn yes() -> bool {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PinRequest {
     pub cid: String,
+}
+
+/// One entry of a directory, as `cairn ls --json` prints it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LsEntry {
+    pub name: String,
+    pub cid: String,
+    /// Bytes of the entry's blocks (the link's `Tsize`).
+    pub size: u64,
+}
+
+impl From<DirEntry> for LsEntry {
+    fn from(e: DirEntry) -> Self {
+        LsEntry {
+            name: e.name,
+            cid: e.cid.to_string(),
+            size: e.dag_size,
+        }
+    }
+}
+
+/// `GET /v1/ls`.
+#[derive(Debug, Deserialize, Serialize)]
+pub struct LsQuery {
+    pub target: String,
 }
 
 /// Whether a pin or unpin changed anything.
@@ -265,6 +291,7 @@ pub async fn serve(net: Handle, listen: SocketAddr, data_dir: &Path) -> Result<S
         .route("/v1/add", post(add_route))
         .route("/v1/get", post(get_route))
         .route("/v1/cat", get(cat_route))
+        .route("/v1/ls", get(ls_route))
         .route("/v1/pin/add", post(pin_add_route))
         .route("/v1/pin/rm", post(pin_rm_route))
         .route("/v1/pin/ls", get(pin_ls_route))
@@ -529,6 +556,18 @@ impl Write for ChannelWriter {
     }
 }
 
+async fn ls_route(
+    State(ctx): State<Ctx>,
+    Query(q): Query<LsQuery>,
+) -> Result<Json<Vec<LsEntry>>, ApiError> {
+    let content = open(&ctx.net, &q.target).await?;
+    let entries = tokio::task::spawn_blocking(move || content.list())
+        .await
+        .map_err(|e| failed(e.into()))?
+        .map_err(failed)?;
+    Ok(Json(entries.into_iter().map(LsEntry::from).collect()))
+}
+
 /// Streams content. Errors before the first chunk are answered as errors;
 /// a later one cuts the stream short (and is logged).
 async fn cat_route(
@@ -686,6 +725,10 @@ impl Remote {
 
     pub fn status(&self) -> Result<NodeStatus> {
         self.get_json("status", None)
+    }
+
+    pub fn ls(&self, target: &Address) -> Result<Vec<LsEntry>> {
+        self.get_json("ls", Some(("target", &target.to_string())))
     }
 
     pub fn pin_ls(&self) -> Result<Vec<PinSummary>> {

@@ -67,6 +67,17 @@ enum Command {
         #[command(flatten)]
         get: GetArgs,
     },
+    /// List a directory's entries: CID, size of its blocks, name; in name
+    /// order, as `ipfs ls`.
+    Ls {
+        /// The directory's CID, or a path under a CID as for `get`.
+        cid: Address,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        get: GetArgs,
+    },
     /// Run a whole network on this machine: a bootstrap node and N storage
     /// nodes on 127.0.0.1, until Ctrl-C.
     Devnet(cairn_node::devnet::Args),
@@ -367,6 +378,7 @@ fn run() -> Result<()> {
             length,
             get,
         } => read_content(cid, get, None, (offset, length))?,
+        Command::Ls { cid, json, get } => list_content(cid, get, json)?,
         Command::Store(StoreCommand::Check { data_dir }) => {
             let dir = data_dir
                 .unwrap_or_else(config::default_data_dir)
@@ -780,8 +792,7 @@ fn read_content(
     output: Option<PathBuf>,
     range: (u64, Option<u64>),
 ) -> Result<()> {
-    let hedge_after = Duration::try_from_secs_f64(args.hedge_after)
-        .context("--hedge-after must be a positive number of seconds")?;
+    let options = get_options(args.hedge_after)?;
     let output = output
         .map(|o| std::path::absolute(&o).with_context(|| format!("cannot resolve {}", o.display())))
         .transpose()?;
@@ -794,10 +805,6 @@ fn read_content(
             };
         }
         Via::Client(bootstrap) => bootstrap,
-    };
-    let options = client::GetOptions {
-        hedge_after,
-        ..Default::default()
     };
     runtime()?.block_on(async {
         let (node, _dir) = client::ephemeral(bootstrap).await?;
@@ -838,6 +845,46 @@ fn read_content(
         .await;
         node.stop().await;
         result
+    })
+}
+
+/// Prints a directory's entries.
+fn list_content(target: Address, args: GetArgs, json: bool) -> Result<()> {
+    let entries = match Via::choose(args.net)? {
+        Via::Node(node) => node.ls(&target)?,
+        Via::Client(bootstrap) => runtime()?.block_on(async {
+            let (node, _dir) = client::ephemeral(bootstrap).await?;
+            let listed = async {
+                let content =
+                    client::Content::open(&node.handle, target, get_options(args.hedge_after)?)
+                        .await?;
+                tokio::task::spawn_blocking(move || content.list())
+                    .await
+                    .context("list task failed")?
+            }
+            .await;
+            node.stop().await;
+            listed.map(|l| l.into_iter().map(api::LsEntry::from).collect::<Vec<_>>())
+        })?,
+    };
+    if json {
+        return out!("{}", serde_json::to_string(&entries)?);
+    }
+    to_stdout(|out| {
+        for e in &entries {
+            writeln!(out, "{} {} {}", e.cid, e.size, e.name)?;
+        }
+        Ok(())
+    })
+}
+
+/// A client's get options from `--hedge-after`.
+fn get_options(hedge_after: f64) -> Result<client::GetOptions> {
+    let hedge_after = Duration::try_from_secs_f64(hedge_after)
+        .context("--hedge-after must be a positive number of seconds")?;
+    Ok(client::GetOptions {
+        hedge_after,
+        ..Default::default()
     })
 }
 

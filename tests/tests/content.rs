@@ -503,6 +503,44 @@ async fn an_nft_collection_is_read_by_its_ipfs_links() -> Result<()> {
         ensure!(std::fs::read(out.join(token(i)))? == token_json(i).as_bytes());
     }
     ensure!(std::fs::read(out.join("extra/note.txt"))? == nft::NOTE);
+    // `ls` lists a sharded directory in name order, as `ipfs ls`.
+    let listed = String::from_utf8(ok(run(&["ls", &format!("ipfs://{root}/meta")])?)?)?;
+    let lines: Vec<&str> = listed.lines().collect();
+    let token_cid = cairn_protocol::block::sha256_cid(RAW, token_json(4321).as_bytes());
+    let line = format!("{token_cid} {} {}", token_json(4321).len(), token(4321));
+    ensure!(
+        lines.len() == 6001 && lines.contains(&line.as_str()),
+        "{} lines",
+        lines.len()
+    );
+    let names: Vec<&str> = lines.iter().filter_map(|l| l.rsplit(' ').next()).collect();
+    ensure!(
+        names.is_sorted() && names[0] == token(0),
+        "{:?}",
+        &names[..3]
+    );
+    // The same through a node's control API.
+    let node0 = net.dir.path().join("node0");
+    let via_node = |args: &[&str]| -> Result<Vec<u8>> {
+        ok(Command::new(&cairn)
+            .args(args)
+            .args(["--data-dir", path(&node0)?])
+            .output()?)
+    };
+    ensure!(via_node(&["ls", &format!("ipfs://{root}/meta")])? == listed.as_bytes());
+    let note_via_node = via_node(&["cat", &format!("/ipfs/{root}/meta/extra/note.txt")])?;
+    ensure!(note_via_node == nft::NOTE);
+    let json: serde_json::Value = serde_json::from_slice(&ok(run(&["ls", "--json", root])?)?)?;
+    ensure!(
+        json[0]["name"] == "cover.png" && json[1]["name"] == "meta",
+        "{json}"
+    );
+    let out = run(&["ls", &format!("{root}/cover.png")])?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && err.contains("is a file, not a directory"),
+        "{err}"
+    );
 
     // A token file is read alone from the holder of its piece: no segment.
     let (client, _client_dir) = client::ephemeral(vec![net.bootstrap().parse()?]).await?;
@@ -517,6 +555,21 @@ async fn an_nft_collection_is_read_by_its_ipfs_links() -> Result<()> {
     ensure!(got == token_json(7).as_bytes());
     ensure!(
         stats.segment_fetches == 0 && stats.ranges >= 3,
+        "{} segments fetched, {} blocks read alone",
+        stats.segment_fetches,
+        stats.ranges
+    );
+    // Listing `meta/` reads its hundreds of shards: a few alone, then their
+    // segment (the whole collection is one).
+    let address: Address = format!("{root}/meta").parse()?;
+    let content = Content::open(&client.handle, address, GetOptions::default()).await?;
+    let (listed, stats) = tokio::task::spawn_blocking(move || -> Result<_> {
+        Ok((content.list()?, content.stats()))
+    })
+    .await??;
+    ensure!(listed.len() == 6001);
+    ensure!(
+        stats.segment_fetches == 1 && stats.ranges <= 16,
         "{} segments fetched, {} blocks read alone",
         stats.segment_fetches,
         stats.ranges

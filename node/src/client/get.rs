@@ -84,8 +84,10 @@ pub struct Unknown(pub Cid);
 
 /// Blocks of a segment kept after it is read.
 const SEGMENTS_CACHED: usize = 2;
-/// Blocks of a file named by a path read alone, one by one, rather than in
-/// segments, if they are in less than a piece: 4 MiB in 16 leaves.
+/// Blocks read alone, one by one, rather than in segments: those of a file
+/// named by a path if this many or fewer, in less than a piece (4 MiB in
+/// 16 leaves); of one segment, for content named by a path, before the
+/// segment is fetched instead.
 const READ_ALONE_BLOCKS: usize = 16;
 /// Bytes of dag-pb blocks kept: the DAG's inner nodes, read out of order.
 const INNER_CACHED: usize = 16 << 20;
@@ -192,12 +194,13 @@ impl Content {
         let Some(span) = end.and_then(|end| Some(end.checked_sub(entry.dag_size)?..end)) else {
             return Ok((entry.cid, 0..0));
         };
-        let starts: Vec<u64> = self.block_starts().filter(|at| span.contains(at)).collect();
-        let few = starts.len() <= READ_ALONE_BLOCKS && span.end - span.start < m.piece_len(0);
-        if few || starts.first() != Some(&span.start) {
-            return Ok((entry.cid, 0..0));
+        let mut starts = self.block_starts().filter(|at| span.contains(at));
+        let aligned = starts.next() == Some(span.start);
+        let few = starts.count() < READ_ALONE_BLOCKS && span.end - span.start < m.piece_len(0);
+        match aligned && !few {
+            true => Ok((entry.cid, span)),
+            false => Ok((entry.cid, 0..0)),
         }
-        Ok((entry.cid, span))
     }
 
     /// Where each block starts in the stream.
@@ -207,6 +210,19 @@ impl Content {
             *at += b.1;
             Some(start)
         })
+    }
+
+    /// The entries of the directory the address names, in name order.
+    /// Blocking, as [`Content::read`].
+    pub fn list(&self) -> Result<Vec<unixfs::DirEntry>> {
+        if self.key.is_some() {
+            bail!("sealed content is one file: it has no entries");
+        }
+        let mut source = self.source();
+        // Only directory blocks are read: each alone.
+        source.by_path = true;
+        let (cid, _) = self.resolve(&mut source)?;
+        Ok(unixfs::list_directory(&mut source, &cid)?)
     }
 
     /// Writes the content to `path`: a file, or a directory tree. `path` must
@@ -241,6 +257,7 @@ impl Content {
             inner_bytes: 0,
             checked: HashSet::new(),
             by_path: !self.path.is_empty(),
+            alone_counts: HashMap::new(),
         }
     }
 
@@ -410,6 +427,8 @@ struct NetSource<'a> {
     /// The content is named by a path: blocks outside the plan are read
     /// alone, not in segments.
     by_path: bool,
+    /// Blocks read alone, per segment.
+    alone_counts: HashMap<u64, usize>,
 }
 
 impl NetSource<'_> {
@@ -672,13 +691,19 @@ impl BlockSource for NetSource<'_> {
         // their way, is read alone: fetched whole, its segments would be
         // dropped again before the leaves reach them (the root, read first,
         // is in the last one). So is, for content named by a path, any block
-        // outside the plan: the path's directories, a small file.
+        // outside the plan: the path's directories, a small file. Once
+        // [`READ_ALONE_BLOCKS`] of a segment were read alone (a large
+        // sharded directory), the segment is fetched instead.
         let coming = |s: u64| self.cached(s) || self.in_flight.contains_key(&s);
         let planned = |s: u64| self.plan.binary_search(&s).is_ok();
+        let alone = |s: u64| self.alone_counts.get(&s).copied().unwrap_or(0);
         let unplanned = self.by_path && !segments.clone().any(|s| planned(s) || coming(s));
         let past_leaves = !leaf && segments.start > self.leaves_at && !segments.clone().any(coming);
-        if unplanned || past_leaves {
+        if (unplanned || past_leaves) && segments.clone().all(|s| alone(s) < READ_ALONE_BLOCKS) {
             self.fetch_ahead(None);
+            for s in segments.clone() {
+                *self.alone_counts.entry(s).or_default() += 1;
+            }
             if let Some(bytes) = self.read_alone(&at) {
                 if is_leaf(cid, &bytes) {
                     self.leaves_at = last;

@@ -65,6 +65,8 @@ pub enum ReadError {
     Malformed { cid: Cid, reason: String },
     #[error("{cid} is a directory, not a file")]
     IsDirectory { cid: Cid },
+    #[error("{cid} is a file, not a directory")]
+    IsFile { cid: Cid },
     #[error("{cid} is not a UnixFS file or directory")]
     Unsupported { cid: Cid },
     #[error("{dir} has no entry {name:?}")]
@@ -248,11 +250,15 @@ pub fn list_directory(
     source: &mut impl BlockSource,
     cid: &Cid,
 ) -> Result<Vec<DirEntry>, ReadError> {
+    if cid.codec() == RAW {
+        return Err(ReadError::IsFile { cid: *cid });
+    }
     let node = fetch_node(source, cid)?;
     match node.data.r#type() {
         DataType::Directory => {}
         DataType::HamtShard => return hamt::list(source, cid),
-        _ => return Err(malformed(cid, "not a directory")),
+        DataType::File | DataType::Raw => return Err(ReadError::IsFile { cid: *cid }),
+        _ => return Err(ReadError::Unsupported { cid: *cid }),
     }
     node.links
         .into_iter()
