@@ -458,6 +458,12 @@ async fn an_nft_collection_is_read_by_its_ipfs_links() -> Result<()> {
         );
         Ok(out.stdout)
     };
+    let fails_saying = |args: &[&str], what: &str| -> Result<()> {
+        let out = run(args)?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        ensure!(!out.status.success() && err.contains(what), "{err}");
+        Ok(())
+    };
     // 6,000 tokens make `meta/` a sharded directory; the cover (6 MB) is
     // more than a piece, fetched in segments.
     let tree = work.path().join("collection");
@@ -535,12 +541,8 @@ async fn an_nft_collection_is_read_by_its_ipfs_links() -> Result<()> {
         json[0]["name"] == "cover.png" && json[1]["name"] == "meta",
         "{json}"
     );
-    let out = run(&["ls", &format!("{root}/cover.png")])?;
-    let err = String::from_utf8_lossy(&out.stderr);
-    ensure!(
-        !out.status.success() && err.contains("is a file, not a directory"),
-        "{err}"
-    );
+    let cover_path = format!("{root}/cover.png");
+    fails_saying(&["ls", &cover_path], "is a file, not a directory")?;
 
     // A token file is read alone from the holder of its piece: no segment.
     let (client, _client_dir) = client::ephemeral(vec![net.bootstrap().parse()?]).await?;
@@ -577,18 +579,13 @@ async fn an_nft_collection_is_read_by_its_ipfs_links() -> Result<()> {
     client.stop().await;
 
     // What is not there is named.
-    let out = run(&["cat", &format!("{root}/meta/{}", token(6000))])?;
-    let err = String::from_utf8_lossy(&out.stderr);
-    ensure!(
-        !out.status.success() && err.contains(&format!("has no entry \"{}\"", token(6000))),
-        "{err}"
-    );
-    let out = run(&["cat", &format!("{root}/cover.png/x")])?;
-    let err = String::from_utf8_lossy(&out.stderr);
-    ensure!(
-        !out.status.success() && err.contains("is a file, not a directory"),
-        "{err}"
-    );
+    let missing = format!("{root}/meta/{}", token(6000));
+    fails_saying(
+        &["cat", &missing],
+        &format!("has no entry \"{}\"", token(6000)),
+    )?;
+    let through_a_file = format!("{cover_path}/x");
+    fails_saying(&["cat", &through_a_file], "is a file, not a directory")?;
 
     // A collection as `ipfs add -r` wrote it in 2021 (CIDv0, dag-pb
     // leaves), added from the reference importer's CAR.

@@ -194,7 +194,7 @@ fn the_shard_threshold_matches_the_reference_to_the_byte() -> Result<()> {
             fs::write(root.join(format!("{i:04}{}", "x".repeat(pad))), b"")?;
         }
         let mut blocks = HashMap::new();
-        let ours = add::import_path(&root, RECURSIVE, &mut Blocks(&mut blocks))?;
+        let ours = add::import_path(&root, RECURSIVE, &mut blocks)?;
         assert_eq!(
             ours.cid.to_string(),
             reference::hash_dir(&root)?,
@@ -277,16 +277,6 @@ fn names(blocks: &mut HashMap<Cid, Vec<u8>>, dir: Cid) -> Result<Vec<String>> {
         .into_iter()
         .map(|e| e.name)
         .collect())
-}
-
-/// Keeps every block an import writes.
-struct Blocks<'a>(&'a mut HashMap<Cid, Vec<u8>>);
-
-impl unixfs::BlockSink for Blocks<'_> {
-    fn put(&mut self, cid: &Cid, block: &[u8]) -> std::io::Result<()> {
-        self.0.insert(*cid, block.to_vec());
-        Ok(())
-    }
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {

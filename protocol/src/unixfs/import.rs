@@ -42,6 +42,14 @@ impl BlockSink for ByteCount {
     }
 }
 
+/// Keeps every block by its CID: an import held in memory.
+impl BlockSink for std::collections::HashMap<Cid, Vec<u8>> {
+    fn put(&mut self, cid: &Cid, block: &[u8]) -> io::Result<()> {
+        self.insert(*cid, block.to_vec());
+        Ok(())
+    }
+}
+
 impl<S: BlockSink + ?Sized> BlockSink for &mut S {
     fn put(&mut self, cid: &Cid, block: &[u8]) -> io::Result<()> {
         (**self).put(cid, block)
