@@ -184,7 +184,7 @@ pub(super) fn lookup(
         let mut below = None;
         for link in &shard.links {
             match shard.label(&at, link)? {
-                (s, Some(n)) if s == want && n == name => return Ok(Some(entry(link, n))),
+                (s, Some(n)) if s == want && n == name => return Ok(Some(DirEntry::of(link, n))),
                 (s, None) if s == want => below = Some(link.cid),
                 _ => {}
             }
@@ -212,14 +212,6 @@ pub(super) fn list(source: &mut impl BlockSource, cid: &Cid) -> Result<Vec<DirEn
     Ok(out)
 }
 
-fn entry(link: &ipld_dagpb::PbLink, name: &str) -> DirEntry {
-    DirEntry {
-        name: name.to_owned(),
-        cid: link.cid,
-        dag_size: link.size.unwrap_or(0),
-    }
-}
-
 fn list_into(
     source: &mut impl BlockSource,
     cid: &Cid,
@@ -241,7 +233,7 @@ fn list_into(
             ));
         }
         match shard.label(cid, link)? {
-            (_, Some(name)) => out.push(entry(link, check_name(cid, name)?)),
+            (_, Some(name)) => out.push(DirEntry::of(link, check_name(cid, name)?)),
             (_, None) => list_into(source, &link.cid, depth + 1, visited, out)?,
         }
     }

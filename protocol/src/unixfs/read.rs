@@ -245,6 +245,17 @@ pub struct DirEntry {
     pub dag_size: u64,
 }
 
+impl DirEntry {
+    /// The entry `name` a directory's (or shard's) `link` points to.
+    pub(super) fn of(link: &ipld_dagpb::PbLink, name: &str) -> DirEntry {
+        DirEntry {
+            name: name.to_owned(),
+            cid: link.cid,
+            dag_size: link.size.unwrap_or(0),
+        }
+    }
+}
+
 /// The entries of a UnixFS directory, plain or HAMT-sharded, in name order.
 pub fn list_directory(
     source: &mut impl BlockSource,
@@ -261,17 +272,13 @@ pub fn list_directory(
         _ => return Err(ReadError::Unsupported { cid: *cid }),
     }
     node.links
-        .into_iter()
+        .iter()
         .map(|l| {
             let name = l
                 .name
+                .as_deref()
                 .ok_or_else(|| malformed(cid, "directory link without a name"))?;
-            check_name(cid, &name)?;
-            Ok(DirEntry {
-                name,
-                cid: l.cid,
-                dag_size: l.size.unwrap_or(0),
-            })
+            Ok(DirEntry::of(l, check_name(cid, name)?))
         })
         .collect()
 }
@@ -300,11 +307,7 @@ pub fn lookup(source: &mut impl BlockSource, dir: &Cid, name: &str) -> Result<Di
             .links
             .into_iter()
             .find(|l| l.name.as_deref() == Some(name))
-            .map(|l| DirEntry {
-                name: name.to_owned(),
-                cid: l.cid,
-                dag_size: l.size.unwrap_or(0),
-            }),
+            .map(|l| DirEntry::of(&l, name)),
         DataType::HamtShard => hamt::lookup(source, dir, name)?,
         DataType::File | DataType::Raw => return Err(not_dir()),
         _ => return Err(ReadError::Unsupported { cid: *dir }),
