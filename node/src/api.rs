@@ -251,9 +251,11 @@ pub async fn add(
 // ---- the server, in the node ----
 
 /// The API of a running node; [`Server::stop`] removes its file.
+/// An HTTP server of the node's: the control API or the gateway.
 pub struct Server {
     pub url: String,
-    file: PathBuf,
+    /// Removed when the server stops: the control API's `api` file.
+    file: Option<PathBuf>,
     shutdown: oneshot::Sender<()>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -298,23 +300,7 @@ pub async fn serve(net: Handle, listen: SocketAddr, data_dir: &Path) -> Result<S
         .route("/v1/pin/status", get(pin_status_route))
         .layer(middleware::from_fn_with_state(ctx.clone(), auth))
         .with_state(ctx);
-    let (shutdown, stop) = oneshot::channel();
-    let task = tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = stop.await;
-            })
-            .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "control API stopped");
-        }
-    });
-    Ok(Server {
-        url,
-        file,
-        shutdown,
-        task,
-    })
+    Ok(Server::spawn(listener, app, url, Some(file)))
 }
 
 /// Writes `path` readable by its owner only, whole or not at all.
@@ -334,8 +320,36 @@ fn write_private(path: &Path, data: &[u8]) -> Result<()> {
 }
 
 impl Server {
+    /// Serves `app` on `listener` until stopped.
+    pub(crate) fn spawn(
+        listener: tokio::net::TcpListener,
+        app: Router,
+        url: String,
+        file: Option<PathBuf>,
+    ) -> Server {
+        let (shutdown, stop) = oneshot::channel();
+        let task = tokio::spawn(async move {
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = stop.await;
+                })
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "HTTP server stopped");
+            }
+        });
+        Server {
+            url,
+            file,
+            shutdown,
+            task,
+        }
+    }
+
     pub async fn stop(self) {
-        let _ = std::fs::remove_file(&self.file);
+        if let Some(file) = &self.file {
+            let _ = std::fs::remove_file(file);
+        }
         let _ = self.shutdown.send(());
         // Requests in flight (a long add) are not waited for.
         self.task.abort();
@@ -521,8 +535,8 @@ async fn get_route(
 }
 
 /// Sends what is written to it down a channel in [`CAT_CHUNK`]s.
-struct ChannelWriter {
-    tx: mpsc::Sender<io::Result<Bytes>>,
+pub(crate) struct ChannelWriter {
+    tx: mpsc::Sender<Result<Bytes>>,
     buf: Vec<u8>,
 }
 
@@ -568,13 +582,25 @@ async fn ls_route(
     Ok(Json(entries.into_iter().map(LsEntry::from).collect()))
 }
 
-/// Streams content. Errors before the first chunk are answered as errors;
-/// a later one cuts the stream short (and is logged).
 async fn cat_route(
     State(ctx): State<Ctx>,
     Query(q): Query<CatQuery>,
 ) -> Result<Response, ApiError> {
     let content = open(&ctx.net, &q.target).await?;
+    let (offset, length) = (q.offset, q.length);
+    let body = stream(q.target, move |out| content.read(offset, length, out))
+        .await
+        .map_err(failed)?;
+    Ok(body.into_response())
+}
+
+/// A response body of what `write` writes, run on a blocking thread. An
+/// error before the first chunk is returned; a later one cuts the body
+/// short (and is logged, naming `what`).
+pub(crate) async fn stream(
+    what: String,
+    write: impl FnOnce(&mut ChannelWriter) -> Result<()> + Send + 'static,
+) -> Result<Body> {
     let (tx, mut rx) = mpsc::channel(4);
     let errors = tx.clone();
     tokio::task::spawn_blocking(move || {
@@ -582,24 +608,22 @@ async fn cat_route(
             tx,
             buf: Vec::with_capacity(CAT_CHUNK),
         };
-        if let Err(e) = content
-            .read(q.offset, q.length, &mut out)
-            .and_then(|()| Ok(out.flush()?))
-        {
-            tracing::warn!(target = %q.target, error = %format!("{e:#}"), "cat failed");
-            let _ = errors.blocking_send(Err(io::Error::other(format!("{e:#}"))));
+        if let Err(e) = write(&mut out).and_then(|()| Ok(out.flush()?)) {
+            tracing::warn!(%what, error = %format!("{e:#}"), "response cut short");
+            let _ = errors.blocking_send(Err(e));
         }
     });
     let first = match rx.recv().await {
         None => Bytes::new(),
         Some(Ok(chunk)) => chunk,
-        Some(Err(e)) => return Err(failed(e.into())),
+        Some(Err(e)) => return Err(e),
     };
     let rest = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
+        let item = rx.recv().await?;
+        Some((item.map_err(|e| io::Error::other(format!("{e:#}"))), rx))
     });
     let body = futures::stream::once(async move { Ok(first) }).chain(rest);
-    Ok(Body::from_stream(body).into_response())
+    Ok(Body::from_stream(body))
 }
 
 // ---- the client, in the commands ----

@@ -10,6 +10,7 @@
 //! external = ["/ip4/203.0.113.7/tcp/4001"]
 //! max_connections = 512
 //! log_format = "json"
+//! gateway = "127.0.0.1:8080"
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -33,6 +34,7 @@ pub struct File {
     pub external: Option<Vec<Multiaddr>>,
     pub max_connections: Option<u32>,
     pub log_format: Option<LogFormat>,
+    pub gateway: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]

@@ -36,6 +36,8 @@ struct Peer {
     name: String,
     child: Child,
     addr: String,
+    /// The gateway's `http://…/ipfs/` URL, for the node that serves one.
+    gateway: Option<String>,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -75,6 +77,7 @@ async fn devnet(args: Args) -> Result<()> {
             listen,
         ],
         &dir,
+        false,
     )
     .await?;
     let capacity = args.capacity.to_string();
@@ -83,7 +86,7 @@ async fn devnet(args: Args) -> Result<()> {
         let data = dir.join(&name);
         let (cairn, dir, boot, capacity) = (&cairn, &dir, &boot.addr, &capacity);
         async move {
-            let args = [
+            let mut args = vec![
                 "node",
                 "--data-dir",
                 path(&data)?,
@@ -99,7 +102,12 @@ async fn devnet(args: Args) -> Result<()> {
                 "--threads",
                 "1",
             ];
-            spawn(&name, cairn, &args, dir).await
+            // The first node serves the HTTP gateway.
+            let gateway = i == 1;
+            if gateway {
+                args.extend(["--gateway", "127.0.0.1:0"]);
+            }
+            spawn(&name, cairn, &args, dir, gateway).await
         }
     }))
     .await;
@@ -150,8 +158,8 @@ fn path(p: &Path) -> Result<&str> {
 }
 
 /// Starts a child with its stderr in `<dir>/<name>.log` and waits for the
-/// `/p2p/` address it prints.
-async fn spawn(name: &str, exe: &Path, args: &[&str], dir: &Path) -> Result<Peer> {
+/// `/p2p/` address it prints, and its gateway's URL if it serves one.
+async fn spawn(name: &str, exe: &Path, args: &[&str], dir: &Path, gateway: bool) -> Result<Peer> {
     let log_path = dir.join(format!("{name}.log"));
     let log = std::fs::File::create(&log_path)
         .with_context(|| format!("cannot create {}", log_path.display()))?;
@@ -165,10 +173,17 @@ async fn spawn(name: &str, exe: &Path, args: &[&str], dir: &Path) -> Result<Peer
         .with_context(|| format!("cannot start {}", exe.display()))?;
     let stdout = child.stdout.take().context("no stdout")?;
     let mut lines = BufReader::new(stdout).lines();
-    let addr = tokio::time::timeout(START, async {
+    let (addr, gateway) = tokio::time::timeout(START, async {
+        let mut addr = None;
         while let Some(line) = lines.next_line().await? {
-            if let Some(addr) = line.strip_prefix("listening on ") {
-                return Ok(addr.to_owned());
+            if let Some(a) = line.strip_prefix("listening on ") {
+                addr.get_or_insert_with(|| a.to_owned());
+            }
+            let url = line.strip_prefix("gateway on ").map(str::to_owned);
+            match (&addr, gateway, url) {
+                (Some(a), false, _) => return Ok((a.clone(), None)),
+                (Some(a), true, Some(url)) => return Ok((a.clone(), Some(url))),
+                _ => {}
             }
         }
         bail!("{name} exited before listening; see {}", log_path.display())
@@ -181,6 +196,7 @@ async fn spawn(name: &str, exe: &Path, args: &[&str], dir: &Path) -> Result<Peer
         name: name.to_owned(),
         child,
         addr,
+        gateway,
     })
 }
 
@@ -237,6 +253,10 @@ fn print_summary(peers: &[Peer], dir: &Path, cairn: &Path, kept: bool) -> Result
     writeln!(out, "  export CAIRN_BOOTSTRAP={boot}")?;
     writeln!(out, "  {cairn} add FILE            # prints the CID")?;
     writeln!(out, "  {cairn} get CID -o OUT      # or: {cairn} cat CID")?;
+    if let Some(url) = peers.iter().find_map(|p| p.gateway.as_ref()) {
+        writeln!(out, "In a browser, or with curl:")?;
+        writeln!(out, "  {url}CID")?;
+    }
     writeln!(out)?;
     writeln!(out, "Ctrl-C stops the network.")?;
     out.flush()?;

@@ -11,6 +11,7 @@ pub mod client;
 pub mod config;
 pub mod devnet;
 pub mod direct;
+pub mod gateway;
 pub mod identity;
 pub mod net;
 pub mod node;

@@ -13,7 +13,7 @@ use cairn_node::add::{self, Options};
 use cairn_node::config::{self, LogFormat};
 use cairn_node::node::{self, Node};
 use cairn_node::store::{self, Store};
-use cairn_node::{api, cli, client};
+use cairn_node::{api, cli, client, gateway};
 use cairn_protocol::address::Address;
 use cairn_protocol::car::{CarReader, CarWriter};
 use cairn_protocol::erasure::Scheme;
@@ -281,6 +281,11 @@ struct NodeArgs {
     /// machine use; its URL and access token go to <data dir>/api.
     #[arg(long, env = "CAIRN_API", default_value = "127.0.0.1:0")]
     api: std::net::SocketAddr,
+    /// Serve content over HTTP at this address, as an IPFS gateway does:
+    /// http://ADDR/ipfs/CID/PATH (read-only, open to all who reach it;
+    /// 127.0.0.1:8080 keeps it to this machine) [default: no gateway].
+    #[arg(long, env = "CAIRN_GATEWAY")]
+    gateway: Option<std::net::SocketAddr>,
     /// Misbehave, to test that clients cope.
     #[arg(long, hide = true)]
     fault: Option<node::Fault>,
@@ -476,7 +481,13 @@ fn run() -> Result<()> {
 }
 
 /// Flags and environment over the config file over the defaults.
-fn node_config(args: NodeArgs) -> Result<(node::Config, LogFormat, std::net::SocketAddr)> {
+/// Where the node serves HTTP: its control API, and its gateway if any.
+struct Http {
+    api: std::net::SocketAddr,
+    gateway: Option<std::net::SocketAddr>,
+}
+
+fn node_config(args: NodeArgs) -> Result<(node::Config, LogFormat, Http)> {
     let dir_hint = args
         .data_dir
         .clone()
@@ -520,12 +531,16 @@ fn node_config(args: NodeArgs) -> Result<(node::Config, LogFormat, std::net::Soc
             args.api
         );
     }
-    Ok((c, log, args.api))
+    let http = Http {
+        api: args.api,
+        gateway: args.gateway.or(file.gateway),
+    };
+    Ok((c, log, http))
 }
 
 fn run_node(args: NodeArgs) -> Result<()> {
     let threads = args.threads;
-    let (config, log, api_addr) = node_config(args)?;
+    let (config, log, http) = node_config(args)?;
     cli::init_logs(log);
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = threads {
@@ -541,12 +556,23 @@ fn run_node(args: NodeArgs) -> Result<()> {
             .await
             .with_context(|| format!("cannot start the node in {}", data_dir.display()))?;
         let id = node.peer_id;
-        let api = match api::serve(node.handle.clone(), api_addr, &data_dir).await {
+        let api = match api::serve(node.handle.clone(), http.api, &data_dir).await {
             Ok(api) => api,
             Err(e) => {
                 node.stop().await;
                 return Err(e);
             }
+        };
+        let gateway = match http.gateway {
+            None => None,
+            Some(at) => match gateway::serve(node.handle.clone(), at).await {
+                Ok(gateway) => Some(gateway),
+                Err(e) => {
+                    api.stop().await;
+                    node.stop().await;
+                    return Err(e);
+                }
+            },
         };
         if node.new_identity {
             out!("created identity in {}", data_dir.display())?;
@@ -555,10 +581,16 @@ fn run_node(args: NodeArgs) -> Result<()> {
         for addr in &node.listen_addrs {
             out!("listening on {addr}/p2p/{id}")?;
         }
+        if let Some(gateway) = &gateway {
+            out!("gateway on {}/ipfs/", gateway.url)?;
+        }
         out!("control API on {} (loopback only)", api.url)?;
         std::io::stdout().flush()?;
         let signal = cli::shutdown_signal().await;
         tracing::info!("shutting down");
+        if let Some(gateway) = gateway {
+            gateway.stop().await;
+        }
         api.stop().await;
         node.stop().await;
         signal?;

@@ -307,6 +307,8 @@ pub mod procs {
         pub bootstrap: String,
         /// The storage nodes' addresses, in order.
         pub nodes: Vec<String>,
+        /// Its HTTP gateway, `http://…/ipfs/`.
+        pub gateway: String,
         _dir: tempfile::TempDir,
     }
 
@@ -324,15 +326,22 @@ pub mod procs {
                 .stderr(Stdio::null())
                 .spawn()?;
             let out = BufReader::new(child.stdout.take().context("stdout")?);
-            let mut addrs = Vec::new();
+            let (mut addrs, mut bootstrap, mut gateway) = (Vec::new(), None, None);
             for line in out.lines() {
                 let line = line?;
                 let line = line.trim();
                 if let Some(addr) = line.strip_prefix("export CAIRN_BOOTSTRAP=") {
+                    bootstrap = Some(addr.to_owned());
+                }
+                if let Some(url) = line.strip_suffix("/ipfs/CID") {
+                    gateway = Some(format!("{url}/ipfs/"));
+                }
+                if line.starts_with("Ctrl-C stops") {
                     return Ok(Devnet {
                         child,
-                        bootstrap: addr.to_owned(),
+                        bootstrap: bootstrap.context("no bootstrap address printed")?,
                         nodes: addrs,
+                        gateway: gateway.context("no gateway printed")?,
                         _dir: dir,
                     });
                 }
@@ -343,7 +352,7 @@ pub mod procs {
                     addrs.push(addr.to_owned());
                 }
             }
-            bail!("cairn devnet exited before printing its bootstrap address")
+            bail!("cairn devnet exited before it finished starting")
         }
 
         /// `cairn ARGS` against the devnet: its stdout, trimmed.

@@ -98,7 +98,9 @@ pub struct Content {
     manifest: Arc<Manifest>,
     /// Sealed content's key: the stored file is its ciphertext.
     key: Option<Key>,
-    /// Entry names from the root to what is read.
+    /// Where the path starts: the root, or a block of its DAG.
+    base: Cid,
+    /// Entry names from `base` to what is read.
     path: Vec<String>,
     options: GetOptions,
     hedge: Arc<Hedge>,
@@ -125,6 +127,7 @@ impl Content {
                 Target::Plain(_) => None,
                 Target::Sealed(h) => Some(h.key),
             },
+            base: root,
             path,
             hedge: Arc::new(Hedge::new(options.hedge_after)),
             options,
@@ -184,11 +187,19 @@ impl Content {
         let m = &self.manifest;
         let mut entry = None;
         for name in &self.path {
-            let dir = entry.as_ref().map_or(m.root, |e: &unixfs::DirEntry| e.cid);
+            let dir = entry
+                .as_ref()
+                .map_or(self.base, |e: &unixfs::DirEntry| e.cid);
             entry = Some(unixfs::lookup(source, &dir, name)?);
         }
         let Some(entry) = entry else {
-            return Ok((m.root, 0..m.stream_len));
+            // A DAG inside the root's has no `Tsize` to give its span.
+            let all = if self.base == m.root {
+                0..m.stream_len
+            } else {
+                0..0
+            };
+            return Ok((self.base, all));
         };
         let end = source.locate.get(&entry.cid).map(|at| at.end);
         let Some(span) = end.and_then(|end| Some(end.checked_sub(entry.dag_size)?..end)) else {
@@ -223,6 +234,69 @@ impl Content {
         source.by_path = true;
         let (cid, _) = self.resolve(&mut source)?;
         Ok(unixfs::list_directory(&mut source, &cid)?)
+    }
+
+    /// The same content at `path` under `base`, the root or a block of
+    /// its DAG ([`Content::holds`]).
+    pub fn at(&self, base: Cid, path: Vec<String>) -> Content {
+        Content {
+            net: self.net.clone(),
+            manifest: self.manifest.clone(),
+            key: self.key.clone(),
+            base,
+            path,
+            options: self.options.clone(),
+            hedge: Arc::new(Hedge::new(self.options.hedge_after)),
+            stats: Arc::default(),
+        }
+    }
+
+    /// What the address names: its CID, and whether it is a file (of what
+    /// size) or a directory. Blocking, as [`Content::read`].
+    pub fn stat(&self) -> Result<(Cid, unixfs::Kind)> {
+        if self.key.is_some() {
+            bail!("sealed content is read by its handle, not looked into");
+        }
+        let mut source = self.source();
+        source.by_path = true;
+        let (cid, _) = self.resolve(&mut source)?;
+        Ok((cid, unixfs::stat(&mut source, &cid)?))
+    }
+
+    /// Whether the content's DAG holds block `cid`.
+    pub fn holds(&self, cid: &Cid) -> bool {
+        self.manifest.blocks.iter().any(|b| b.0 == *cid)
+    }
+
+    /// Block `cid` of the content's DAG, checked. Blocking.
+    pub fn block(&self, cid: &Cid) -> Result<Bytes> {
+        if self.key.is_some() {
+            bail!("sealed content is read by its handle, not by block");
+        }
+        let mut source = self.source();
+        source.by_path = true;
+        Ok(unixfs::fetch(&mut source, cid)?)
+    }
+
+    /// Writes the blocks that prove the address's path, then those `scope`
+    /// names of what it ends at, as [`unixfs::export`]; returns the CID it
+    /// ends at. Blocking.
+    pub fn export(&self, scope: unixfs::Scope, sink: &mut impl unixfs::BlockSink) -> Result<Cid> {
+        if self.key.is_some() {
+            bail!("sealed content is read by its handle: its blocks are ciphertext");
+        }
+        let mut source = self.source();
+        let (_, span) = self.resolve(&mut source)?;
+        if scope == unixfs::Scope::All {
+            source.set_plan(self.manifest.segments_for(span).collect());
+        }
+        Ok(unixfs::export(
+            &mut source,
+            &self.base,
+            &self.path,
+            scope,
+            sink,
+        )?)
     }
 
     /// Writes the content to `path`: a file, or a directory tree. `path` must

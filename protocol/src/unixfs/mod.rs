@@ -16,7 +16,8 @@ pub use import::{
     import_file, import_file_with,
 };
 pub use read::{
-    BlockSource, DirEntry, ReadError, is_leaf, list_directory, lookup, read_range, resolve,
+    BlockSource, DirEntry, Kind, ReadError, Scope, export, fetch, is_leaf, list_directory, lookup,
+    read_range, resolve, stat,
 };
 
 /// Bytes per leaf chunk.

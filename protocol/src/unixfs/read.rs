@@ -5,6 +5,7 @@
 //! its children actually hold: a source can withhold content but never make
 //! the reader return bytes that are not the content.
 
+use std::collections::HashSet;
 use std::io::{self, Write};
 
 use bytes::Bytes;
@@ -12,7 +13,7 @@ use cid::Cid;
 use ipld_dagpb::PbNode;
 use prost::Message as _;
 
-use super::{Data, DataType, MAX_BLOCK_SIZE, hamt};
+use super::{BlockSink, Data, DataType, MAX_BLOCK_SIZE, hamt};
 use crate::block::{self, DAG_PB, RAW};
 
 /// Deepest DAG the reader follows. A balanced DAG of 174-link nodes needs
@@ -86,7 +87,9 @@ pub(super) fn malformed(cid: &Cid, reason: impl Into<String>) -> ReadError {
     }
 }
 
-fn fetch(source: &mut impl BlockSource, cid: &Cid) -> Result<Bytes, ReadError> {
+/// Block `cid` from `source`, checked against its CID (and asked for again
+/// through [`BlockSource::rejected`] while it fails).
+pub fn fetch(source: &mut impl BlockSource, cid: &Cid) -> Result<Bytes, ReadError> {
     let source_err = |source| ReadError::Source { cid: *cid, source };
     let mut bytes = source.get(cid).map_err(source_err)?;
     loop {
@@ -329,6 +332,123 @@ pub fn resolve(
         .try_fold(*root, |dir, name| Ok(lookup(source, &dir, name)?.cid))
 }
 
+/// What a CID names, from its root block alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A file of `size` bytes, as its root block claims; reading it checks
+    /// the claim.
+    File { size: u64 },
+    /// A directory, plain or sharded.
+    Directory,
+}
+
+/// Whether `cid` is a file (and its size) or a directory.
+pub fn stat(source: &mut impl BlockSource, cid: &Cid) -> Result<Kind, ReadError> {
+    let bytes = fetch(source, cid)?;
+    if cid.codec() == RAW {
+        return Ok(Kind::File {
+            size: bytes.len() as u64,
+        });
+    }
+    if cid.codec() != DAG_PB {
+        return Err(ReadError::Unsupported { cid: *cid });
+    }
+    let node = decode_node(cid, bytes)?;
+    match node.data.r#type() {
+        DataType::Directory | DataType::HamtShard => Ok(Kind::Directory),
+        DataType::File | DataType::Raw => {
+            let inline = node.data.data.as_ref().map_or(0, Vec::len) as u64;
+            let size = node
+                .data
+                .blocksizes
+                .iter()
+                .try_fold(inline, |sum, &b| sum.checked_add(b))
+                .ok_or_else(|| malformed(cid, "block sizes overflow"))?;
+            Ok(Kind::File { size })
+        }
+        _ => Err(ReadError::Unsupported { cid: *cid }),
+    }
+}
+
+/// Which blocks [`export`] writes after those of the path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// The terminus's root block only.
+    Block,
+    /// The terminus's whole DAG.
+    All,
+}
+
+/// Writes to `sink` the blocks that prove `path` under `root` (each
+/// directory and shard read on the way), then the blocks `scope` names of
+/// the entry the path ends at, in depth-first order, parents before
+/// children, each block once. Every block is checked before it is written.
+/// Returns the terminus's CID.
+pub fn export(
+    source: &mut impl BlockSource,
+    root: &Cid,
+    path: &[String],
+    scope: Scope,
+    sink: &mut impl BlockSink,
+) -> Result<Cid, ReadError> {
+    let mut seen = HashSet::new();
+    let mut put = |seen: &mut HashSet<Cid>, cid: &Cid, bytes: &[u8]| match seen.insert(*cid) {
+        true => sink.put(cid, bytes).map_err(ReadError::Write),
+        false => Ok(()),
+    };
+    let mut dir = *root;
+    for name in path {
+        let mut tee = Tee {
+            source: &mut *source,
+            got: Vec::new(),
+        };
+        let entry = lookup(&mut tee, &dir, name)?;
+        // Bytes that failed their check were given again, and pass below.
+        for (cid, bytes) in &tee.got {
+            if block::verify(cid, bytes).is_ok() {
+                put(&mut seen, cid, bytes)?;
+            }
+        }
+        dir = entry.cid;
+    }
+    let mut stack = vec![dir];
+    while let Some(cid) = stack.pop() {
+        if seen.contains(&cid) {
+            continue;
+        }
+        let bytes = fetch(source, &cid)?;
+        put(&mut seen, &cid, &bytes)?;
+        if scope == Scope::Block || cid.codec() != DAG_PB {
+            continue;
+        }
+        let node = PbNode::from_bytes(bytes).map_err(|e| malformed(&cid, e.to_string()))?;
+        stack.extend(node.links.iter().rev().map(|l| l.cid));
+    }
+    Ok(dir)
+}
+
+/// A source that keeps what it gives, newest last.
+struct Tee<S> {
+    source: S,
+    got: Vec<(Cid, Bytes)>,
+}
+
+impl<S: BlockSource> BlockSource for Tee<S> {
+    fn get(&mut self, cid: &Cid) -> io::Result<Bytes> {
+        let bytes = self.source.get(cid)?;
+        self.got.push((*cid, bytes.clone()));
+        Ok(bytes)
+    }
+
+    fn rejected(&mut self, cid: &Cid) -> io::Result<Option<Bytes>> {
+        let again = self.source.rejected(cid)?;
+        if let Some(bytes) = &again {
+            self.got.push((*cid, bytes.clone()));
+        }
+        Ok(again)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
@@ -484,5 +604,96 @@ mod tests {
         assert_eq!(names, ["a.txt", "b.txt"]);
         let err = read_range(&mut store.0, &root, 0, None, &mut Vec::new()).expect_err("dir");
         assert!(matches!(err, ReadError::IsDirectory { .. }));
+    }
+
+    /// Blocks in the order they were put.
+    #[derive(Default)]
+    struct Ordered(Vec<(Cid, Vec<u8>)>);
+    impl BlockSink for Ordered {
+        fn put(&mut self, cid: &Cid, block: &[u8]) -> io::Result<()> {
+            self.0.push((*cid, block.to_vec()));
+            Ok(())
+        }
+    }
+
+    /// A tree `sub/big` (3 chunks) and `small`, with the store it is in.
+    fn tree() -> (Store, Cid, Vec<u8>) {
+        let mut store = Store::default();
+        let data = content(2 * CHUNK_SIZE + 5);
+        let big = import_file(&data[..], &mut store).expect("import");
+        let small = import_file(&b"small"[..], &mut store).expect("import");
+        let mut sub = DirectoryBuilder::new();
+        sub.add("big", big).expect("name");
+        let sub = sub.finish(&mut store).expect("dir");
+        let mut root = DirectoryBuilder::new();
+        root.add("sub", sub).expect("name");
+        root.add("small", small).expect("name");
+        let root = root.finish(&mut store).expect("dir").cid;
+        (store, root, data)
+    }
+
+    #[test]
+    fn stat_tells_files_and_their_sizes_from_directories() {
+        let (mut store, root, data) = tree();
+        let big = resolve(&mut store.0, &root, &["sub".into(), "big".into()]).expect("big");
+        let small = resolve(&mut store.0, &root, &["small".into()]).expect("small");
+        let size = data.len() as u64;
+        assert_eq!(stat(&mut store.0, &big).expect("big"), Kind::File { size });
+        assert_eq!(
+            stat(&mut store.0, &small).expect("small"),
+            Kind::File { size: 5 }
+        );
+        assert_eq!(stat(&mut store.0, &root).expect("root"), Kind::Directory);
+    }
+
+    #[test]
+    fn an_export_holds_the_path_then_the_dag_each_block_once() {
+        let (mut store, root, data) = tree();
+        let path = ["sub".to_owned(), "big".to_owned()];
+        let sub = resolve(&mut store.0, &root, &path[..1]).expect("sub");
+        let big = resolve(&mut store.0, &root, &path).expect("big");
+
+        let mut blocks = Ordered::default();
+        let end = export(&mut store.0, &root, &path, Scope::All, &mut blocks).expect("export");
+        assert_eq!(end, big);
+        let cids: Vec<Cid> = blocks.0.iter().map(|(c, _)| *c).collect();
+        // root, sub, big's node, its 3 leaves in order.
+        assert_eq!(cids.len(), 6, "{cids:?}");
+        assert_eq!(cids[..3], [root, sub, big]);
+        let mut got: HashMap<Cid, Vec<u8>> = blocks.0.into_iter().collect();
+        assert_eq!(got.len(), 6, "each block once");
+        let mut out = Vec::new();
+        read_range(&mut got, &big, 0, None, &mut out).expect("the export reads back");
+        assert_eq!(out, data);
+        let leaves: Vec<u8> = cids[3..].iter().flat_map(|c| got[c].clone()).collect();
+        assert_eq!(leaves, data, "leaves in file order");
+
+        let mut blocks = Ordered::default();
+        export(&mut store.0, &root, &path, Scope::Block, &mut blocks).expect("export");
+        let cids: Vec<Cid> = blocks.0.iter().map(|(c, _)| *c).collect();
+        assert_eq!(cids, [root, sub, big]);
+
+        let err = export(
+            &mut store.0,
+            &root,
+            &["nope".into()],
+            Scope::All,
+            &mut Ordered::default(),
+        )
+        .expect_err("no such entry");
+        assert!(matches!(err, ReadError::NotFound { .. }), "{err}");
+    }
+
+    #[test]
+    fn an_export_of_a_dag_with_a_block_linked_twice_holds_it_once() {
+        let mut store = Store::default();
+        let a = import_file(&content(CHUNK_SIZE * 2)[..], &mut store).expect("import");
+        let mut dir = DirectoryBuilder::new();
+        dir.add("a", a).expect("name");
+        dir.add("b", a).expect("name");
+        let root = dir.finish(&mut store).expect("dir").cid;
+        let mut blocks = Ordered::default();
+        export(&mut store.0, &root, &[], Scope::All, &mut blocks).expect("export");
+        assert_eq!(blocks.0.len(), 4, "root, a's node, 2 leaves");
     }
 }

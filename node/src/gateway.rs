@@ -1,0 +1,583 @@
+//! The HTTP gateway: content by its IPFS path (`/ipfs/CID/a/b`), as a
+//! browser, `curl` or an IPFS HTTP client asks a gateway for it. Read-only,
+//! and open to whoever reaches its address. After IPFS's path and trustless
+//! gateway specifications (docs/PROTOCOL.md §12):
+//!
+//! - a file: its bytes, one `Range` honoured (206), its type from its name
+//!   or, failing that, its first bytes;
+//! - a directory: its `index.html` if it has one, else a listing; its URL
+//!   without the trailing `/` is redirected to it;
+//! - `?format=raw` (or `Accept: application/vnd.ipld.raw`): one block;
+//! - `?format=car` (or `Accept: application/vnd.ipld.car`): a CAR v1 of the
+//!   blocks of the path, then of the DAG it ends at (`dag-scope=all`, or
+//!   `block` for its root block alone), depth-first, each block once.
+//!
+//! Sealed content is not served: its handle holds its key, and URLs leak.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context as _, Result};
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use cairn_protocol::address::Address;
+use cairn_protocol::car::CarWriter;
+use cairn_protocol::seal::Target;
+use cairn_protocol::unixfs::{DirEntry, Kind, ReadError, Scope};
+use cid::Cid;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use serde::Deserialize;
+
+use crate::api::{Server, stream};
+use crate::client::{self, Content, GetOptions};
+use crate::node::Handle;
+
+/// Content-addressed bytes never change.
+const IMMUTABLE: &str = "public, max-age=29030400, immutable";
+/// Content kept open (its manifest found), newest last: a client that reads
+/// a DAG block by block asks for blocks by their own CIDs, which only the
+/// manifest of the content they are in can place.
+const OPENED: usize = 16;
+/// Blocks indexed across the open content (≈ 100 bytes each).
+const INDEXED: usize = 1 << 17;
+/// Bytes a file's type is sniffed from when its name does not tell.
+const SNIFF: u64 = 512;
+/// What a name escapes in a link: all but RFC 3986's unreserved characters.
+const ESCAPED: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// Serves the gateway of `net` on `listen`.
+pub async fn serve(net: Handle, listen: SocketAddr) -> Result<Server> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen} for the gateway"))?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let ctx = Ctx {
+        net,
+        opened: Arc::default(),
+    };
+    let app = Router::new()
+        .route("/ipfs/{*path}", get(ipfs))
+        .fallback(|| async {
+            error(
+                StatusCode::NOT_FOUND,
+                "this gateway serves /ipfs/CID[/PATH] only".into(),
+            )
+        })
+        .with_state(ctx);
+    Ok(Server::spawn(listener, app, url, None))
+}
+
+#[derive(Clone)]
+struct Ctx {
+    net: Handle,
+    opened: Arc<Mutex<Opened>>,
+}
+
+/// Content lately asked for, and where its blocks are.
+#[derive(Default)]
+struct Opened {
+    /// Oldest first.
+    contents: VecDeque<Arc<Content>>,
+    /// Block → the root of the open content that holds it.
+    blocks: HashMap<Cid, Cid>,
+}
+
+impl Opened {
+    fn find(&self, cid: &Cid) -> Option<Arc<Content>> {
+        let root = self.blocks.get(cid).unwrap_or(cid);
+        let found = self.contents.iter().find(|c| c.manifest().root == *root);
+        found.cloned()
+    }
+
+    fn keep(&mut self, content: Arc<Content>) {
+        let root = content.manifest().root;
+        if self.contents.iter().any(|c| c.manifest().root == root) {
+            return;
+        }
+        let blocks = &content.manifest().blocks;
+        while let Some(old) = self
+            .contents
+            .front()
+            .filter(|_| self.contents.len() >= OPENED || self.blocks.len() + blocks.len() > INDEXED)
+        {
+            let old_root = old.manifest().root;
+            for b in &old.manifest().blocks {
+                if self.blocks.get(&b.0) == Some(&old_root) {
+                    self.blocks.remove(&b.0);
+                }
+            }
+            self.contents.pop_front();
+        }
+        if self.blocks.len() + blocks.len() <= INDEXED {
+            self.blocks.extend(blocks.iter().map(|b| (b.0, root)));
+        }
+        self.contents.push_back(content);
+    }
+}
+
+impl Ctx {
+    /// The open content that holds `cid`, or the content `cid` is the root of.
+    async fn content(&self, cid: Cid) -> Result<Arc<Content>, Failure> {
+        if let Some(found) = client::lock(&self.opened).find(&cid) {
+            return Ok(found);
+        }
+        let content = Content::open(&self.net, cid, GetOptions::default())
+            .await
+            .map_err(Failure::from)?;
+        let content = Arc::new(content);
+        client::lock(&self.opened).keep(content.clone());
+        Ok(content)
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct GatewayQuery {
+    format: Option<String>,
+    #[serde(rename = "dag-scope")]
+    dag_scope: Option<String>,
+    /// The name a file is saved as.
+    filename: Option<String>,
+    /// Save the file, not show it.
+    #[serde(default)]
+    download: bool,
+}
+
+/// An error answered as plain text.
+struct Failure(StatusCode, String);
+
+impl From<anyhow::Error> for Failure {
+    /// 404 for what the network or the DAG lacks, 502 for the rest: the
+    /// gateway stands in front of the network.
+    fn from(e: anyhow::Error) -> Self {
+        let missing = e.downcast_ref::<client::Unknown>().is_some()
+            || matches!(
+                e.downcast_ref::<ReadError>(),
+                Some(ReadError::NotFound { .. } | ReadError::NotADirectory { .. })
+            );
+        let status = match missing {
+            true => StatusCode::NOT_FOUND,
+            false => StatusCode::BAD_GATEWAY,
+        };
+        Failure(status, format!("{e:#}"))
+    }
+}
+
+fn bad(e: impl std::fmt::Display) -> Failure {
+    Failure(StatusCode::BAD_REQUEST, e.to_string())
+}
+
+fn error(status: StatusCode, message: String) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        message + "\n",
+    )
+        .into_response()
+}
+
+/// What the client asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    /// The file's bytes, or a directory's page.
+    Plain,
+    Raw,
+    Car,
+}
+
+const RAW: &str = "application/vnd.ipld.raw";
+const CAR: &str = "application/vnd.ipld.car";
+
+impl Format {
+    /// From `?format=`, which wins, or the `Accept` header.
+    fn of(format: Option<&str>, headers: &HeaderMap) -> Result<Format, Failure> {
+        match format {
+            Some("raw") => return Ok(Format::Raw),
+            Some("car") => return Ok(Format::Car),
+            Some(other) => {
+                return Err(bad(format!(
+                    "format={other} is not served: raw, car, or none for the content itself"
+                )));
+            }
+            None => {}
+        }
+        let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+        let accepts =
+            |t: &str| accept.is_some_and(|a| a.split(',').any(|p| p.trim().starts_with(t)));
+        Ok(match (accepts(RAW), accepts(CAR)) {
+            (true, _) => Format::Raw,
+            (false, true) => Format::Car,
+            (false, false) => Format::Plain,
+        })
+    }
+}
+
+async fn ipfs(
+    State(ctx): State<Ctx>,
+    method: Method,
+    headers: HeaderMap,
+    uri: Uri,
+    Query(query): Query<GatewayQuery>,
+) -> Response {
+    match respond(&ctx, &method, &headers, &uri, &query).await {
+        Ok(response) => response,
+        Err(Failure(status, message)) => error(status, message),
+    }
+}
+
+async fn respond(
+    ctx: &Ctx,
+    method: &Method,
+    headers: &HeaderMap,
+    uri: &Uri,
+    query: &GatewayQuery,
+) -> Result<Response, Failure> {
+    let url_path = uri.path();
+    let rest = url_path.strip_prefix("/ipfs/").unwrap_or_default();
+    // Names in the URL are percent-encoded, as in an `ipfs://` link.
+    let address: Address = format!("ipfs://{rest}").parse().map_err(bad)?;
+    let Target::Plain(cid) = address.target else {
+        return Err(bad(
+            "sealed content is not served by the gateway: its handle holds its key",
+        ));
+    };
+    let format = Format::of(query.format.as_deref(), headers)?;
+    let content = ctx.content(cid).await?;
+    let content = Arc::new(content.at(cid, address.path.clone()));
+    let mut response = match format {
+        Format::Raw => raw(content, cid, &address).await?,
+        Format::Car => car(content, &address, query).await?,
+        Format::Plain => plain(content, method, headers, uri, &address, query).await?,
+    };
+    let status = response.status();
+    let h = response.headers_mut();
+    h.insert("x-ipfs-path", value(url_path));
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    if status.is_success() || status == StatusCode::NOT_MODIFIED {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static(IMMUTABLE));
+    }
+    Ok(response)
+}
+
+/// A header value of text that came from a valid request or a CID.
+fn value(text: &str) -> HeaderValue {
+    HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+/// Runs blocking content work off the runtime's threads.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T, Failure> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(done) => done.map_err(Failure::from),
+        Err(e) => Err(Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+    }
+}
+
+async fn raw(content: Arc<Content>, cid: Cid, address: &Address) -> Result<Response, Failure> {
+    if !address.path.is_empty() {
+        return Err(bad(
+            "a block is asked for by its CID alone: /ipfs/CID?format=raw",
+        ));
+    }
+    let block = blocking(move || content.block(&cid)).await?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, value(RAW)),
+            (header::ETAG, value(&format!("\"{cid}.raw\""))),
+            (
+                header::CONTENT_DISPOSITION,
+                value(&format!("attachment; filename=\"{cid}.bin\"")),
+            ),
+            (header::X_CONTENT_TYPE_OPTIONS, value("nosniff")),
+        ],
+        block,
+    )
+        .into_response())
+}
+
+async fn car(
+    content: Arc<Content>,
+    address: &Address,
+    query: &GatewayQuery,
+) -> Result<Response, Failure> {
+    let scope = match query.dag_scope.as_deref() {
+        None | Some("all") => Scope::All,
+        Some("block") => Scope::Block,
+        Some(other) => {
+            return Err(bad(format!(
+                "dag-scope={other} is not served: all (the default) or block"
+            )));
+        }
+    };
+    let Target::Plain(root) = address.target else {
+        return Err(bad("sealed content has no CAR"));
+    };
+    let body = stream(address.to_string(), move |out| {
+        let mut car = CarWriter::new(out, &[root])?;
+        content.export(scope, &mut car)?;
+        car.finish()?;
+        Ok(())
+    })
+    .await?;
+    let scope = match scope {
+        Scope::All => "all",
+        Scope::Block => "block",
+    };
+    Ok((
+        [
+            (
+                header::CONTENT_TYPE,
+                value(&format!("{CAR}; version=1; order=dfs; dups=n")),
+            ),
+            (header::ETAG, value(&format!("\"{address}.{scope}.car\""))),
+            (
+                header::CONTENT_DISPOSITION,
+                value(&format!("attachment; filename=\"{root}.car\"")),
+            ),
+            (header::X_CONTENT_TYPE_OPTIONS, value("nosniff")),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+async fn plain(
+    content: Arc<Content>,
+    method: &Method,
+    headers: &HeaderMap,
+    uri: &Uri,
+    address: &Address,
+    query: &GatewayQuery,
+) -> Result<Response, Failure> {
+    let c = content.clone();
+    let (cid, kind) = blocking(move || c.stat()).await?;
+    let etag = format!("\"{cid}\"");
+    if headers
+        .get(header::IF_NONE_MATCH)
+        .is_some_and(|v| v.as_bytes() == etag.as_bytes())
+    {
+        return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, value(&etag))]).into_response());
+    }
+    let size = match kind {
+        Kind::File { size } => size,
+        Kind::Directory => {
+            return directory(content, method, headers, uri, address, query).await;
+        }
+    };
+    let name = query
+        .filename
+        .clone()
+        .or_else(|| address.path.last().cloned());
+    file(content, method, headers, &etag, size, name, query.download).await
+}
+
+async fn directory(
+    content: Arc<Content>,
+    method: &Method,
+    headers: &HeaderMap,
+    uri: &Uri,
+    address: &Address,
+    query: &GatewayQuery,
+) -> Result<Response, Failure> {
+    // Relative links in the page resolve under the directory's own URL.
+    if !uri.path().ends_with('/') {
+        let mut to = format!("{}/", uri.path());
+        if let Some(q) = uri.query() {
+            let _ = write!(to, "?{q}");
+        }
+        return Ok((
+            StatusCode::MOVED_PERMANENTLY,
+            [(header::LOCATION, value(&to))],
+        )
+            .into_response());
+    }
+    let c = content.clone();
+    let entries = blocking(move || c.list()).await?;
+    if entries.iter().any(|e| e.name == "index.html") {
+        let Target::Plain(base) = address.target else {
+            return Err(bad("sealed content has no directories"));
+        };
+        let mut path = address.path.clone();
+        path.push("index.html".into());
+        let index = Arc::new(content.at(base, path));
+        let i = index.clone();
+        let (cid, kind) = blocking(move || i.stat()).await?;
+        if let Kind::File { size } = kind {
+            let etag = format!("\"{cid}\"");
+            let name = Some("index.html".to_owned());
+            return file(index, method, headers, &etag, size, name, query.download).await;
+        }
+    }
+    let title = html_escape::encode_text(uri.path()).into_owned();
+    let body = match *method == Method::HEAD {
+        true => Body::empty(),
+        false => stream(title.clone(), move |out| listing(&title, &entries, out)).await?,
+    };
+    Ok((
+        [(header::CONTENT_TYPE, value("text/html; charset=utf-8"))],
+        body,
+    )
+        .into_response())
+}
+
+/// A directory's page: each entry a link, with its size and CID.
+fn listing(title: &str, entries: &[DirEntry], out: &mut impl std::io::Write) -> Result<()> {
+    write!(
+        out,
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{title}</title></head>\n\
+         <body><h1>Index of {title}</h1>\n<table>\n<tr><th>Name</th><th>Size</th><th>CID</th></tr>\n"
+    )?;
+    for e in entries {
+        let href = utf8_percent_encode(&e.name, ESCAPED);
+        let name = html_escape::encode_text(&e.name);
+        writeln!(
+            out,
+            "<tr><td><a href=\"{href}\">{name}</a></td><td>{}</td><td>{}</td></tr>",
+            e.dag_size, e.cid
+        )?;
+    }
+    writeln!(out, "</table></body></html>")?;
+    Ok(())
+}
+
+async fn file(
+    content: Arc<Content>,
+    method: &Method,
+    headers: &HeaderMap,
+    etag: &str,
+    size: u64,
+    name: Option<String>,
+    download: bool,
+) -> Result<Response, Failure> {
+    let range = headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        // A Range header that does not parse is ignored (RFC 9110 §14.2).
+        .and_then(|v| http_range_header::parse_range_header(v).ok())
+        .map(|r| r.validate(size));
+    let range = match range {
+        Some(Err(_)) => {
+            return Ok((
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                [(header::CONTENT_RANGE, value(&format!("bytes */{size}")))],
+            )
+                .into_response());
+        }
+        // One range is served; several, as none (the whole file).
+        Some(Ok(r)) if r.len() == 1 => Some(r[0].clone()),
+        _ => None,
+    };
+    let content_type = match name
+        .as_deref()
+        .and_then(|n| mime_guess::from_path(n).first_raw())
+    {
+        Some(t) => t.to_owned(),
+        None => {
+            let c = content.clone();
+            let head = blocking(move || {
+                let mut head = Vec::new();
+                c.read(0, Some(SNIFF), &mut head)?;
+                Ok(head)
+            })
+            .await?;
+            sniff(&head)
+        }
+    };
+    let (offset, len) = match &range {
+        Some(r) => (*r.start(), r.end() - r.start() + 1),
+        None => (0, size),
+    };
+    let mut response = match *method == Method::HEAD || len == 0 {
+        true => Body::empty().into_response(),
+        false => {
+            let what = etag.to_owned();
+            stream(what, move |out| content.read(offset, Some(len), out))
+                .await?
+                .into_response()
+        }
+    };
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_TYPE, value(&content_type));
+    h.insert(header::CONTENT_LENGTH, len.into());
+    h.insert(header::ACCEPT_RANGES, value("bytes"));
+    h.insert(header::ETAG, value(etag));
+    let disposition = match (download, name) {
+        (true, Some(n)) => Some(format!("attachment; filename=\"{}\"", n.replace('"', ""))),
+        (true, None) => Some("attachment".to_owned()),
+        (false, _) => None,
+    };
+    if let Some(d) = disposition {
+        h.insert(header::CONTENT_DISPOSITION, value(&d));
+    }
+    if let Some(r) = range {
+        let (start, end) = r.into_inner();
+        h.insert(
+            header::CONTENT_RANGE,
+            value(&format!("bytes {start}-{end}/{size}")),
+        );
+        *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+    }
+    Ok(response)
+}
+
+/// A file's type from its first bytes: a known signature, else text if
+/// they are UTF-8 (cut anywhere), else bytes.
+fn sniff(head: &[u8]) -> String {
+    if let Some(t) = infer::get(head) {
+        return t.mime_type().to_owned();
+    }
+    let text = match std::str::from_utf8(head) {
+        Ok(_) => true,
+        // Cut in the middle of a character by the sniff's length.
+        Err(e) => e.error_len().is_none(),
+    };
+    match text && !head.contains(&0) {
+        true => "text/plain; charset=utf-8".to_owned(),
+        false => "application/octet-stream".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn types_are_sniffed_from_signatures_then_text() {
+        let png = [0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A, 0, 0, 0, 13];
+        assert_eq!(sniff(&png), "image/png");
+        assert_eq!(
+            sniff(b"{\"name\": \"token 1\"}"),
+            "text/plain; charset=utf-8"
+        );
+        // "é" cut after its first byte is still text.
+        assert_eq!(sniff(&"abcé".as_bytes()[..4]), "text/plain; charset=utf-8");
+        assert_eq!(sniff(&[0xff, 0xfe, 0, 1]), "application/octet-stream");
+        assert_eq!(sniff(b""), "text/plain; charset=utf-8");
+    }
+
+    #[test]
+    fn the_format_comes_from_the_query_then_accept() {
+        let mut h = HeaderMap::new();
+        assert_eq!(Format::of(None, &h).ok(), Some(Format::Plain));
+        h.insert(
+            header::ACCEPT,
+            value("text/html, application/vnd.ipld.car;version=1"),
+        );
+        assert_eq!(Format::of(None, &h).ok(), Some(Format::Car));
+        assert_eq!(Format::of(Some("raw"), &h).ok(), Some(Format::Raw));
+        assert!(Format::of(Some("tar"), &h).is_err());
+    }
+}
