@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{Context as _, Result};
 use axum::Router;
-use axum::body::Body;
+use axum::body::{Body, HttpBody as _};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
@@ -31,8 +31,10 @@ use cairn_protocol::car::CarWriter;
 use cairn_protocol::seal::Target;
 use cairn_protocol::unixfs::{DirEntry, Kind, ReadError, Scope};
 use cid::Cid;
+use futures::StreamExt as _;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::Deserialize;
+use tokio::sync::Semaphore;
 
 use crate::api::{Server, stream};
 use crate::client::{self, Content, GetOptions};
@@ -46,6 +48,9 @@ const IMMUTABLE: &str = "public, max-age=29030400, immutable";
 const OPENED: usize = 16;
 /// Blocks indexed across the open content (≈ 100 bytes each).
 const INDEXED: usize = 1 << 17;
+/// Requests served at once, each until its body is sent; more are told
+/// to come back (503).
+const REQUESTS: usize = 64;
 /// Bytes a file's type is sniffed from when its name does not tell.
 const SNIFF: u64 = 512;
 /// What a name escapes in a link: all but RFC 3986's unreserved characters.
@@ -64,6 +69,7 @@ pub async fn serve(net: Handle, listen: SocketAddr) -> Result<Server> {
     let ctx = Ctx {
         net,
         opened: Arc::default(),
+        requests: Arc::new(Semaphore::new(REQUESTS)),
     };
     let app = Router::new()
         .route("/ipfs/{*path}", get(ipfs))
@@ -81,22 +87,26 @@ pub async fn serve(net: Handle, listen: SocketAddr) -> Result<Server> {
 struct Ctx {
     net: Handle,
     opened: Arc<Mutex<Opened>>,
+    requests: Arc<Semaphore>,
 }
 
 /// Content lately asked for, and where its blocks are.
 #[derive(Default)]
 struct Opened {
-    /// Oldest first.
+    /// Least recently used first.
     contents: VecDeque<Arc<Content>>,
     /// Block → the root of the open content that holds it.
     blocks: HashMap<Cid, Cid>,
 }
 
 impl Opened {
-    fn find(&self, cid: &Cid) -> Option<Arc<Content>> {
+    /// The content holding `cid`, now the most recently used.
+    fn find(&mut self, cid: &Cid) -> Option<Arc<Content>> {
         let root = self.blocks.get(cid).unwrap_or(cid);
-        let found = self.contents.iter().find(|c| c.manifest().root == *root);
-        found.cloned()
+        let at = self.contents.iter().position(|c| c.manifest().root == *root)?;
+        let found = self.contents.remove(at)?;
+        self.contents.push_back(found.clone());
+        Some(found)
     }
 
     fn keep(&mut self, content: Arc<Content>) {
@@ -228,10 +238,32 @@ async fn ipfs(
     uri: Uri,
     Query(query): Query<GatewayQuery>,
 ) -> Response {
-    match respond(&ctx, &method, &headers, &uri, &query).await {
+    let Ok(permit) = ctx.requests.clone().try_acquire_owned() else {
+        let busy = format!("busy with {REQUESTS} requests: try again shortly");
+        let mut response = error(StatusCode::SERVICE_UNAVAILABLE, busy);
+        let h = response.headers_mut();
+        h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return response;
+    };
+    let response = match respond(&ctx, &method, &headers, &uri, &query).await {
         Ok(response) => response,
         Err(Failure(status, message)) => error(status, message),
+    };
+    // The request counts until its body is sent, or the client leaves.
+    let (mut parts, body) = response.into_parts();
+    if let Some(len) = body.size_hint().exact()
+        && parts.status != StatusCode::NOT_MODIFIED
+    {
+        parts
+            .headers
+            .entry(header::CONTENT_LENGTH)
+            .or_insert(len.into());
     }
+    let body = body.into_data_stream().map(move |chunk| {
+        let _held = &permit;
+        chunk
+    });
+    Response::from_parts(parts, Body::from_stream(body))
 }
 
 async fn respond(

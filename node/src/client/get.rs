@@ -237,7 +237,7 @@ impl Content {
     }
 
     /// The same content at `path` under `base`, the root or a block of
-    /// its DAG ([`Content::holds`]).
+    /// its DAG (one the manifest lists).
     pub fn at(&self, base: Cid, path: Vec<String>) -> Content {
         Content {
             net: self.net.clone(),
@@ -261,11 +261,6 @@ impl Content {
         source.by_path = true;
         let (cid, _) = self.resolve(&mut source)?;
         Ok((cid, unixfs::stat(&mut source, &cid)?))
-    }
-
-    /// Whether the content's DAG holds block `cid`.
-    pub fn holds(&self, cid: &Cid) -> bool {
-        self.manifest.blocks.iter().any(|b| b.0 == *cid)
     }
 
     /// Block `cid` of the content's DAG, checked. Blocking.
