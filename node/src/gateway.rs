@@ -48,9 +48,11 @@ const IMMUTABLE: &str = "public, max-age=29030400, immutable";
 const OPENED: usize = 16;
 /// Blocks indexed across the open content (≈ 100 bytes each).
 const INDEXED: usize = 1 << 17;
-/// Requests served at once, each until its body is sent; more are told
-/// to come back (503).
-const REQUESTS: usize = 64;
+/// Requests served at once, each until its body is sent; more wait their
+/// turn (a client reading a DAG asks for a node's 174 leaves at once).
+const RUNNING: usize = 64;
+/// Requests served or waiting; more are told to come back (503).
+const ADMITTED: usize = 1024;
 /// Bytes a file's type is sniffed from when its name does not tell.
 const SNIFF: u64 = 512;
 /// What a name escapes in a link: all but RFC 3986's unreserved characters.
@@ -69,7 +71,8 @@ pub async fn serve(net: Handle, listen: SocketAddr) -> Result<Server> {
     let ctx = Ctx {
         net,
         opened: Arc::default(),
-        requests: Arc::new(Semaphore::new(REQUESTS)),
+        admitted: Arc::new(Semaphore::new(ADMITTED)),
+        running: Arc::new(Semaphore::new(RUNNING)),
     };
     let app = Router::new()
         .route("/ipfs/{*path}", get(ipfs))
@@ -87,7 +90,8 @@ pub async fn serve(net: Handle, listen: SocketAddr) -> Result<Server> {
 struct Ctx {
     net: Handle,
     opened: Arc<Mutex<Opened>>,
-    requests: Arc<Semaphore>,
+    admitted: Arc<Semaphore>,
+    running: Arc<Semaphore>,
 }
 
 /// Content lately asked for, and where its blocks are.
@@ -103,7 +107,10 @@ impl Opened {
     /// The content holding `cid`, now the most recently used.
     fn find(&mut self, cid: &Cid) -> Option<Arc<Content>> {
         let root = self.blocks.get(cid).unwrap_or(cid);
-        let at = self.contents.iter().position(|c| c.manifest().root == *root)?;
+        let at = self
+            .contents
+            .iter()
+            .position(|c| c.manifest().root == *root)?;
         let found = self.contents.remove(at)?;
         self.contents.push_back(found.clone());
         Some(found)
@@ -238,12 +245,15 @@ async fn ipfs(
     uri: Uri,
     Query(query): Query<GatewayQuery>,
 ) -> Response {
-    let Ok(permit) = ctx.requests.clone().try_acquire_owned() else {
-        let busy = format!("busy with {REQUESTS} requests: try again shortly");
+    let Ok(admitted) = ctx.admitted.clone().try_acquire_owned() else {
+        let busy = format!("busy with {ADMITTED} requests: try again shortly");
         let mut response = error(StatusCode::SERVICE_UNAVAILABLE, busy);
         let h = response.headers_mut();
         h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         return response;
+    };
+    let Ok(running) = ctx.running.clone().acquire_owned().await else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "shutting down".into());
     };
     let response = match respond(&ctx, &method, &headers, &uri, &query).await {
         Ok(response) => response,
@@ -260,7 +270,7 @@ async fn ipfs(
             .or_insert(len.into());
     }
     let body = body.into_data_stream().map(move |chunk| {
-        let _held = &permit;
+        let _held = (&admitted, &running);
         chunk
     });
     Response::from_parts(parts, Body::from_stream(body))
