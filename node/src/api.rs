@@ -250,7 +250,6 @@ pub async fn add(
 
 // ---- the server, in the node ----
 
-/// The API of a running node; [`Server::stop`] removes its file.
 /// An HTTP server of the node's: the control API or the gateway.
 pub struct Server {
     pub url: String,

@@ -295,10 +295,18 @@ async fn respond(
     let format = Format::of(query.format.as_deref(), headers)?;
     let content = ctx.content(cid).await?;
     let content = Arc::new(content.at(cid, address.path.clone()));
+    let asked = Asked {
+        method,
+        headers,
+        uri,
+        query,
+        cid,
+        address,
+    };
     let mut response = match format {
-        Format::Raw => raw(content, cid, &address).await?,
-        Format::Car => car(content, &address, query).await?,
-        Format::Plain => plain(content, method, headers, uri, &address, query).await?,
+        Format::Raw => raw(content, &asked).await?,
+        Format::Car => car(content, &asked).await?,
+        Format::Plain => plain(content, &asked).await?,
     };
     let status = response.status();
     let h = response.headers_mut();
@@ -311,6 +319,17 @@ async fn respond(
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static(IMMUTABLE));
     }
     Ok(response)
+}
+
+/// A request for content, parsed.
+struct Asked<'a> {
+    method: &'a Method,
+    headers: &'a HeaderMap,
+    uri: &'a Uri,
+    query: &'a GatewayQuery,
+    /// The CID in the URL: a root, or a block of open content.
+    cid: Cid,
+    address: Address,
 }
 
 /// A header value of text that came from a valid request or a CID.
@@ -328,34 +347,32 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
-async fn raw(content: Arc<Content>, cid: Cid, address: &Address) -> Result<Response, Failure> {
-    if !address.path.is_empty() {
+async fn raw(content: Arc<Content>, asked: &Asked<'_>) -> Result<Response, Failure> {
+    let cid = asked.cid;
+    if !asked.address.path.is_empty() {
         return Err(bad(
             "a block is asked for by its CID alone: /ipfs/CID?format=raw",
         ));
     }
     let block = blocking(move || content.block(&cid)).await?;
-    Ok((
-        [
-            (header::CONTENT_TYPE, value(RAW)),
-            (header::ETAG, value(&format!("\"{cid}.raw\""))),
-            (
-                header::CONTENT_DISPOSITION,
-                value(&format!("attachment; filename=\"{cid}.bin\"")),
-            ),
-            (header::X_CONTENT_TYPE_OPTIONS, value("nosniff")),
-        ],
-        block,
-    )
-        .into_response())
+    let etag = format!("\"{cid}.raw\"");
+    Ok(verifiable(RAW, &etag, &format!("{cid}.bin"), block))
 }
 
-async fn car(
-    content: Arc<Content>,
-    address: &Address,
-    query: &GatewayQuery,
-) -> Result<Response, Failure> {
-    let scope = match query.dag_scope.as_deref() {
+/// What a client checks for itself (a block, a CAR): saved, not shown.
+fn verifiable(kind: &str, etag: &str, file: &str, body: impl IntoResponse) -> Response {
+    let disposition = format!("attachment; filename=\"{file}\"");
+    let headers = [
+        (header::CONTENT_TYPE, value(kind)),
+        (header::ETAG, value(etag)),
+        (header::CONTENT_DISPOSITION, value(&disposition)),
+        (header::X_CONTENT_TYPE_OPTIONS, value("nosniff")),
+    ];
+    (headers, body).into_response()
+}
+
+async fn car(content: Arc<Content>, asked: &Asked<'_>) -> Result<Response, Failure> {
+    let scope = match asked.query.dag_scope.as_deref() {
         None | Some("all") => Scope::All,
         Some("block") => Scope::Block,
         Some(other) => {
@@ -364,9 +381,7 @@ async fn car(
             )));
         }
     };
-    let Target::Plain(root) = address.target else {
-        return Err(bad("sealed content has no CAR"));
-    };
+    let (root, address) = (asked.cid, &asked.address);
     let body = stream(address.to_string(), move |out| {
         let mut car = CarWriter::new(out, &[root])?;
         content.export(scope, &mut car)?;
@@ -378,36 +393,17 @@ async fn car(
         Scope::All => "all",
         Scope::Block => "block",
     };
-    Ok((
-        [
-            (
-                header::CONTENT_TYPE,
-                value(&format!("{CAR}; version=1; order=dfs; dups=n")),
-            ),
-            (header::ETAG, value(&format!("\"{address}.{scope}.car\""))),
-            (
-                header::CONTENT_DISPOSITION,
-                value(&format!("attachment; filename=\"{root}.car\"")),
-            ),
-            (header::X_CONTENT_TYPE_OPTIONS, value("nosniff")),
-        ],
-        body,
-    )
-        .into_response())
+    let kind = format!("{CAR}; version=1; order=dfs; dups=n");
+    let etag = format!("\"{address}.{scope}.car\"");
+    Ok(verifiable(&kind, &etag, &format!("{root}.car"), body))
 }
 
-async fn plain(
-    content: Arc<Content>,
-    method: &Method,
-    headers: &HeaderMap,
-    uri: &Uri,
-    address: &Address,
-    query: &GatewayQuery,
-) -> Result<Response, Failure> {
+async fn plain(content: Arc<Content>, asked: &Asked<'_>) -> Result<Response, Failure> {
     let c = content.clone();
     let (cid, kind) = blocking(move || c.stat()).await?;
     let etag = format!("\"{cid}\"");
-    if headers
+    if asked
+        .headers
         .get(header::IF_NONE_MATCH)
         .is_some_and(|v| v.as_bytes() == etag.as_bytes())
     {
@@ -415,25 +411,14 @@ async fn plain(
     }
     let size = match kind {
         Kind::File { size } => size,
-        Kind::Directory => {
-            return directory(content, method, headers, uri, address, query).await;
-        }
+        Kind::Directory => return directory(content, asked).await,
     };
-    let name = query
-        .filename
-        .clone()
-        .or_else(|| address.path.last().cloned());
-    file(content, method, headers, &etag, size, name, query.download).await
+    let name = asked.address.path.last().cloned();
+    file(content, asked, &etag, size, name).await
 }
 
-async fn directory(
-    content: Arc<Content>,
-    method: &Method,
-    headers: &HeaderMap,
-    uri: &Uri,
-    address: &Address,
-    query: &GatewayQuery,
-) -> Result<Response, Failure> {
+async fn directory(content: Arc<Content>, asked: &Asked<'_>) -> Result<Response, Failure> {
+    let uri = asked.uri;
     // Relative links in the page resolve under the directory's own URL.
     if !uri.path().ends_with('/') {
         let mut to = format!("{}/", uri.path());
@@ -449,22 +434,19 @@ async fn directory(
     let c = content.clone();
     let entries = blocking(move || c.list()).await?;
     if entries.iter().any(|e| e.name == "index.html") {
-        let Target::Plain(base) = address.target else {
-            return Err(bad("sealed content has no directories"));
-        };
-        let mut path = address.path.clone();
+        let mut path = asked.address.path.clone();
         path.push("index.html".into());
-        let index = Arc::new(content.at(base, path));
+        let index = Arc::new(content.at(asked.cid, path));
         let i = index.clone();
         let (cid, kind) = blocking(move || i.stat()).await?;
         if let Kind::File { size } = kind {
             let etag = format!("\"{cid}\"");
             let name = Some("index.html".to_owned());
-            return file(index, method, headers, &etag, size, name, query.download).await;
+            return file(index, asked, &etag, size, name).await;
         }
     }
     let title = html_escape::encode_text(uri.path()).into_owned();
-    let body = match *method == Method::HEAD {
+    let body = match *asked.method == Method::HEAD {
         true => Body::empty(),
         false => stream(title.clone(), move |out| listing(&title, &entries, out)).await?,
     };
@@ -495,16 +477,18 @@ fn listing(title: &str, entries: &[DirEntry], out: &mut impl std::io::Write) -> 
     Ok(())
 }
 
+/// The file `content` names, `size` bytes long (as its root claims),
+/// named `name` if its path ends in one.
 async fn file(
     content: Arc<Content>,
-    method: &Method,
-    headers: &HeaderMap,
+    asked: &Asked<'_>,
     etag: &str,
     size: u64,
     name: Option<String>,
-    download: bool,
 ) -> Result<Response, Failure> {
-    let range = headers
+    let name = asked.query.filename.clone().or(name);
+    let range = asked
+        .headers
         .get(header::RANGE)
         .and_then(|v| v.to_str().ok())
         // A Range header that does not parse is ignored (RFC 9110 §14.2).
@@ -542,7 +526,7 @@ async fn file(
         Some(r) => (*r.start(), r.end() - r.start() + 1),
         None => (0, size),
     };
-    let mut response = match *method == Method::HEAD || len == 0 {
+    let mut response = match *asked.method == Method::HEAD || len == 0 {
         true => Body::empty().into_response(),
         false => {
             let what = etag.to_owned();
@@ -556,7 +540,7 @@ async fn file(
     h.insert(header::CONTENT_LENGTH, len.into());
     h.insert(header::ACCEPT_RANGES, value("bytes"));
     h.insert(header::ETAG, value(etag));
-    let disposition = match (download, name) {
+    let disposition = match (asked.query.download, name) {
         (true, Some(n)) => Some(format!("attachment; filename=\"{}\"", n.replace('"', ""))),
         (true, None) => Some("attachment".to_owned()),
         (false, _) => None,

@@ -480,13 +480,13 @@ fn run() -> Result<()> {
     Ok(())
 }
 
-/// Flags and environment over the config file over the defaults.
 /// Where the node serves HTTP: its control API, and its gateway if any.
 struct Http {
     api: std::net::SocketAddr,
     gateway: Option<std::net::SocketAddr>,
 }
 
+/// Flags and environment over the config file over the defaults.
 fn node_config(args: NodeArgs) -> Result<(node::Config, LogFormat, Http)> {
     let dir_hint = args
         .data_dir
