@@ -5,7 +5,7 @@ use std::fs;
 use std::io::{self, Write};
 use std::ops::Range;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
@@ -105,6 +105,8 @@ pub struct Content {
     options: GetOptions,
     hedge: Arc<Hedge>,
     stats: Arc<Mutex<GetStats>>,
+    /// What `path` resolved to, once it has ([`Content::resolve`]).
+    resolved: OnceLock<(Cid, Range<u64>)>,
 }
 
 impl Content {
@@ -132,6 +134,7 @@ impl Content {
             hedge: Arc::new(Hedge::new(options.hedge_after)),
             options,
             stats: Arc::default(),
+            resolved: OnceLock::new(),
         })
     }
 
@@ -183,7 +186,18 @@ impl Content {
     /// fill: all of them for the root. An entry's DAG is taken to be the
     /// `Tsize` bytes its root ends, as an importer writes it; none when it
     /// is a few blocks in less than a piece, which are better read alone.
+    /// The path is walked once; later calls (a gateway's `stat` then
+    /// `read`) take that answer.
     fn resolve(&self, source: &mut NetSource<'_>) -> Result<(Cid, Range<u64>), ReadError> {
+        if let Some(done) = self.resolved.get() {
+            return Ok(done.clone());
+        }
+        let done = self.resolve_path(source)?;
+        Ok(self.resolved.get_or_init(|| done).clone())
+    }
+
+    /// [`Content::resolve`], walking the path.
+    fn resolve_path(&self, source: &mut NetSource<'_>) -> Result<(Cid, Range<u64>), ReadError> {
         let m = &self.manifest;
         let mut entry = None;
         for name in &self.path {
@@ -248,6 +262,7 @@ impl Content {
             options: self.options.clone(),
             hedge: Arc::new(Hedge::new(self.options.hedge_after)),
             stats: Arc::default(),
+            resolved: OnceLock::new(),
         }
     }
 
