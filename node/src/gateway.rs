@@ -446,10 +446,9 @@ async fn directory(content: Arc<Content>, asked: &Asked<'_>) -> Result<Response,
         }
     }
     let title = html_escape::encode_text(uri.path()).into_owned();
-    let body = match *asked.method == Method::HEAD {
-        true => Body::empty(),
-        false => stream(title.clone(), move |out| listing(&title, &entries, out)).await?,
-    };
+    // Written for HEAD too, which drops it: an empty body would claim a
+    // length of 0.
+    let body = stream(title.clone(), move |out| listing(&title, &entries, out)).await?;
     Ok((
         [(header::CONTENT_TYPE, value("text/html; charset=utf-8"))],
         body,
