@@ -431,20 +431,23 @@ async fn directory(content: Arc<Content>, asked: &Asked<'_>) -> Result<Response,
         )
             .into_response());
     }
+    // Looked up by name: a sharded directory is not listed for it.
+    let mut path = asked.address.path.clone();
+    path.push("index.html".into());
+    let index = Arc::new(content.at(asked.cid, path));
+    let i = index.clone();
+    let found = blocking(move || match i.stat() {
+        Err(e) if matches!(e.downcast_ref(), Some(ReadError::NotFound { .. })) => Ok(None),
+        other => other.map(Some),
+    })
+    .await?;
+    if let Some((cid, Kind::File { size })) = found {
+        let etag = format!("\"{cid}\"");
+        let name = Some("index.html".to_owned());
+        return file(index, asked, &etag, size, name).await;
+    }
     let c = content.clone();
     let entries = blocking(move || c.list()).await?;
-    if entries.iter().any(|e| e.name == "index.html") {
-        let mut path = asked.address.path.clone();
-        path.push("index.html".into());
-        let index = Arc::new(content.at(asked.cid, path));
-        let i = index.clone();
-        let (cid, kind) = blocking(move || i.stat()).await?;
-        if let Kind::File { size } = kind {
-            let etag = format!("\"{cid}\"");
-            let name = Some("index.html".to_owned());
-            return file(index, asked, &etag, size, name).await;
-        }
-    }
     let title = html_escape::encode_text(uri.path()).into_owned();
     // Written for HEAD too, which drops it: an empty body would claim a
     // length of 0.

@@ -344,16 +344,11 @@ pub enum Kind {
 
 /// Whether `cid` is a file (and its size) or a directory.
 pub fn stat(source: &mut impl BlockSource, cid: &Cid) -> Result<Kind, ReadError> {
-    let bytes = fetch(source, cid)?;
     if cid.codec() == RAW {
-        return Ok(Kind::File {
-            size: bytes.len() as u64,
-        });
+        let size = fetch(source, cid)?.len() as u64;
+        return Ok(Kind::File { size });
     }
-    if cid.codec() != DAG_PB {
-        return Err(ReadError::Unsupported { cid: *cid });
-    }
-    let node = decode_node(cid, bytes)?;
+    let node = fetch_node(source, cid)?;
     match node.data.r#type() {
         DataType::Directory | DataType::HamtShard => Ok(Kind::Directory),
         DataType::File | DataType::Raw => {
