@@ -349,10 +349,23 @@ async fn content_survives_stopped_garbage_and_stalling_holders() -> Result<()> {
     let (bytes, stats) = read(h, v0, 0, None, counted.clone()).await?;
     ensure!(bytes == data, "CIDv0 content differs");
     each_segment_once(&stats, v0_segments, "CIDv0")?;
+    // A range of it to the end, with its length given (as the gateway
+    // asks): the reader names each node's children before reading them,
+    // so the segments come ahead of it, each once, none before the range.
+    let seg = manifest.segment_size();
+    let from = seg + seg / 2;
+    let len = data.len() as u64 - from;
+    let (bytes, stats) = read(h, v0, from, Some(len), counted.clone()).await?;
+    ensure!(bytes == data[from as usize..], "CIDv0 range differs");
+    ensure!(
+        stats.segment_fetches == stats.segments.len() as u64
+            && stats.segments.first() == Some(&1)
+            && stats.ahead >= 2,
+        "CIDv0 range {from}+{len}: {stats:?}"
+    );
 
     // Ranges across segment boundaries fetch only the segments of their
     // leaves, each once; the inner nodes above them are read alone.
-    let seg = manifest.segment_size();
     for (offset, len) in [(seg - 1000, 3000), (2 * seg + 5, seg)] {
         let (bytes, stats) = read(h, added.root, offset, Some(len), counted.clone()).await?;
         let want = &data[offset as usize..(offset + len) as usize];

@@ -16,7 +16,7 @@ use cairn_protocol::erasure;
 use cairn_protocol::manifest::Manifest;
 use cairn_protocol::proof;
 use cairn_protocol::seal::{self, Key, Opener, Target};
-use cairn_protocol::unixfs::{self, BlockSource, ReadError, is_leaf};
+use cairn_protocol::unixfs::{self, BlockSource, ReadError, Upcoming, is_leaf};
 use cairn_protocol::wire::{FetchRequest, FetchResponse};
 use cid::Cid;
 use futures::StreamExt as _;
@@ -75,6 +75,8 @@ pub struct GetStats {
     /// Dag-pb blocks (the root, inner nodes past the leaves) read alone,
     /// by a verified range of their pieces, not with their segments.
     pub ranges: u64,
+    /// Segment fetches started ahead of the reader, before it asked.
+    pub ahead: u64,
 }
 
 /// No node has a manifest of this content.
@@ -228,6 +230,28 @@ impl Content {
         }
     }
 
+    /// The segments holding bytes `range` of the file whose DAG fills
+    /// stream bytes `span`, in order: what the reader will want, so what to
+    /// fetch before its first block is in. Raw leaves are the file's bytes
+    /// in stream order; leaves that are dag-pb nodes (CIDv0) give no file
+    /// offsets without decoding, so their segments are planned as the
+    /// reader names them ([`NetSource::upcoming`]).
+    fn plan(&self, span: Range<u64>, range: Range<u64>) -> Vec<u64> {
+        let mut plan = BTreeSet::new();
+        let (mut at, mut file_at) = (0u64, 0u64);
+        for b in &self.manifest.blocks {
+            if b.0.codec() == RAW && span.start <= at && at + b.1 <= span.end {
+                let leaf = file_at..file_at + b.1;
+                if leaf.start < range.end && range.start < leaf.end {
+                    plan.extend(self.manifest.segments_for(at..at + b.1));
+                }
+                file_at = leaf.end;
+            }
+            at += b.1;
+        }
+        plan.into_iter().collect()
+    }
+
     /// Where each block starts in the stream.
     fn block_starts(&self) -> impl Iterator<Item = u64> + '_ {
         self.manifest.blocks.iter().scan(0, |at, b| {
@@ -356,30 +380,6 @@ impl Content {
             at += b.1;
         }
         out
-    }
-
-    /// The segments holding bytes `range` of the file whose DAG fills
-    /// stream bytes `span`, in order: what the reader will want, so what to
-    /// fetch ahead. The raw leaves of a file are its bytes in stream order.
-    fn plan(&self, span: Range<u64>, range: Range<u64>) -> Vec<u64> {
-        let mut plan = BTreeSet::new();
-        let (mut at, mut file_at) = (0u64, 0u64);
-        for b in &self.manifest.blocks {
-            if b.0.codec() == RAW && span.start <= at && at + b.1 <= span.end {
-                let leaf = file_at..file_at + b.1;
-                if leaf.start < range.end && range.start < leaf.end {
-                    plan.extend(self.manifest.segments_for(at..at + b.1));
-                }
-                file_at = leaf.end;
-            }
-            at += b.1;
-        }
-        // Leaves that are dag-pb nodes (CIDv0) give no file offsets
-        // without decoding: a read from the start to the end takes all.
-        if file_at == 0 && range == (0..u64::MAX) {
-            return self.manifest.segments_for(span).collect();
-        }
-        plan.into_iter().collect()
     }
 }
 
@@ -557,6 +557,9 @@ impl NetSource<'_> {
             {
                 let task = self.spawn(s);
                 self.in_flight.insert(s, task);
+                if Some(s) != first {
+                    lock(&self.content.stats).ahead += 1;
+                }
             }
         }
     }
@@ -838,6 +841,42 @@ impl BlockSource for NetSource<'_> {
             self.refetch(s)?;
         }
         self.get(cid).map(Some)
+    }
+
+    /// The reader's next DAGs join the plan, and their segments start on
+    /// their way. A DAG read whole spans its `Tsize` of the stream, ending
+    /// at its root (an importer writes a node after the blocks under it);
+    /// one read in part joins only if it is a single block, since a node
+    /// names its own children once read. For content named by a path, a
+    /// few small blocks are left to be read alone, as [`Content::resolve`]
+    /// leaves a small file.
+    fn upcoming(&mut self, next: &[Upcoming]) {
+        let mut spans = Vec::new();
+        for u in next {
+            let Some(at) = self.locate.get(&u.cid) else {
+                continue;
+            };
+            let block = at.end - at.start;
+            match u.dag_size {
+                Some(size) if size == block => spans.push(at.clone()),
+                None if u.cid.codec() == RAW => spans.push(at.clone()),
+                Some(size) if u.whole && block < size && size <= at.end => {
+                    spans.push(at.end - size..at.end);
+                }
+                _ => {}
+            }
+        }
+        let m = &self.content.manifest;
+        let bytes: u64 = spans.iter().map(|s| s.end - s.start).sum();
+        if self.by_path && spans.len() < READ_ALONE_BLOCKS && bytes < m.piece_len(0) {
+            return;
+        }
+        let mut plan: BTreeSet<u64> = self.plan.drain(..).collect();
+        for span in spans {
+            plan.extend(m.segments_for(span));
+        }
+        self.plan = plan.into_iter().collect();
+        self.fetch_ahead(None);
     }
 }
 

@@ -16,8 +16,8 @@ pub use import::{
     import_file, import_file_with,
 };
 pub use read::{
-    BlockSource, DirEntry, Kind, ReadError, Scope, export, fetch, is_leaf, list_directory, lookup,
-    read_range, resolve, stat,
+    BlockSource, DirEntry, Kind, ReadError, Scope, Upcoming, export, fetch, is_leaf,
+    list_directory, lookup, read_range, resolve, stat,
 };
 
 /// Bytes per leaf chunk.

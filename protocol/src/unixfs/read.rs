@@ -33,6 +33,24 @@ pub trait BlockSource {
         let _ = cid;
         Ok(None)
     }
+
+    /// The file reader is about to read these DAGs, in this order: a hint
+    /// for a source that fetches ahead. Nothing is checked yet: the sizes
+    /// are the parent's claims. By default ignored.
+    fn upcoming(&mut self, next: &[Upcoming]) {
+        let _ = next;
+    }
+}
+
+/// A child of a file node that the reader will read next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upcoming {
+    pub cid: Cid,
+    /// The link's `Tsize`: the bytes of every block of the DAG under it,
+    /// when the link gives one.
+    pub dag_size: Option<u64>,
+    /// All of its content is read, not a part.
+    pub whole: bool,
 }
 
 impl<S: BlockSource + ?Sized> BlockSource for &mut S {
@@ -42,6 +60,10 @@ impl<S: BlockSource + ?Sized> BlockSource for &mut S {
 
     fn rejected(&mut self, cid: &Cid) -> io::Result<Option<Bytes>> {
         (**self).rejected(cid)
+    }
+
+    fn upcoming(&mut self, next: &[Upcoming]) {
+        (**self).upcoming(next)
     }
 }
 
@@ -192,6 +214,10 @@ fn read_node(
             let inline = node.data.data.as_deref().unwrap_or_default();
             write_overlap(inline, start, end, out)?;
             let mut pos = inline.len() as u64;
+            let next = upcoming(&node, pos, start, end);
+            if !next.is_empty() {
+                source.upcoming(&next);
+            }
             for (link, &size) in node.links.iter().zip(&node.data.blocksizes) {
                 let child_end = pos
                     .checked_add(size)
@@ -220,6 +246,24 @@ fn read_node(
         }
         _ => Err(ReadError::Unsupported { cid: *cid }),
     }
+}
+
+/// The children of file node `node` whose content, from `pos` on, falls
+/// in `start..end`.
+fn upcoming(node: &Node, mut pos: u64, start: u64, end: u64) -> Vec<Upcoming> {
+    let mut next = Vec::new();
+    for (link, &size) in node.links.iter().zip(&node.data.blocksizes) {
+        let child = pos..pos.saturating_add(size);
+        if child.end > start && child.start < end {
+            next.push(Upcoming {
+                cid: link.cid,
+                dag_size: link.size,
+                whole: start <= child.start && child.end <= end,
+            });
+        }
+        pos = child.end;
+    }
+    next
 }
 
 /// Writes the part of `bytes` (which start the node) inside `start..end`.
@@ -504,6 +548,75 @@ mod tests {
                 want,
                 "range {off}+{len}"
             );
+        }
+    }
+
+    /// A source that records the reader's hints and requests.
+    struct Hinted<'a> {
+        store: &'a mut HashMap<Cid, Vec<u8>>,
+        hints: Vec<Upcoming>,
+        gets: Vec<Cid>,
+        /// For each get, how many hints came before it.
+        hinted_before: Vec<usize>,
+    }
+    impl BlockSource for Hinted<'_> {
+        fn get(&mut self, cid: &Cid) -> io::Result<Bytes> {
+            self.gets.push(*cid);
+            self.hinted_before.push(self.hints.len());
+            self.store.get(cid)
+        }
+        fn upcoming(&mut self, next: &[Upcoming]) {
+            self.hints.extend_from_slice(next);
+        }
+    }
+
+    #[test]
+    fn the_reader_names_the_children_it_reads_next() {
+        let data = content((MAX_LINKS + 3) * CHUNK_SIZE);
+        let mut store = Store::default();
+        let root = import_file(&data[..], &mut store).expect("import").cid;
+        let (c, node) = (CHUNK_SIZE as u64, (MAX_LINKS * CHUNK_SIZE) as u64);
+        let mut source = Hinted {
+            store: &mut store.0,
+            hints: Vec::new(),
+            gets: Vec::new(),
+            hinted_before: Vec::new(),
+        };
+        let mut out = Vec::new();
+        read_range(&mut source, &root, node - 5, Some(c + 10), &mut out).expect("read");
+        assert_eq!(out, &data[node as usize - 5..(node + c + 5) as usize]);
+        // The root's two file nodes, each in part; the first one's last
+        // leaf, in part; the second one's first leaf whole, its second in
+        // part.
+        let shape: Vec<(bool, bool)> = source
+            .hints
+            .iter()
+            .map(|u| (u.cid.codec() == RAW, u.whole))
+            .collect();
+        assert_eq!(
+            shape,
+            [
+                (false, false),
+                (false, false),
+                (true, false),
+                (true, true),
+                (true, false)
+            ]
+        );
+        // Each block after the root was named before it was asked for,
+        // and each named one asked for.
+        assert_eq!(source.gets.len(), 1 + source.hints.len());
+        for (i, cid) in source.gets.iter().enumerate().skip(1) {
+            let named = source.hinted_before[i];
+            assert!(source.hints[..named].iter().any(|u| u.cid == *cid), "{cid}");
+        }
+        // A leaf's DAG is itself; a file node's holds its leaves too.
+        for u in &source.hints {
+            let len = source.store[&u.cid].len() as u64;
+            match u.cid.codec() {
+                RAW => assert_eq!(u.dag_size, Some(len)),
+                _ => assert!(u.dag_size > Some(len)),
+            }
         }
     }
 
