@@ -8,14 +8,28 @@ use anyhow::{Context as _, Result, bail};
 use cairn_protocol::unixfs::{
     BlockSink, DirectoryBuilder, Entry, HashLeaves, Leaves, import_file_with,
 };
+use cid::Version;
 
-/// How to walk a path.
-#[derive(Debug, Clone, Copy, Default)]
+/// How to walk a path, and lay out what it finds.
+#[derive(Debug, Clone, Copy)]
 pub struct Options {
     /// Import directories (`-r`).
     pub recursive: bool,
     /// Include names starting with `.` inside directories, as `ipfs add -r --hidden`.
     pub hidden: bool,
+    /// As `ipfs add --cid-version`: V1 (raw leaves), or V0 as `ipfs add`
+    /// without flags.
+    pub cid_version: Version,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            recursive: false,
+            hidden: false,
+            cid_version: Version::V1,
+        }
+    }
 }
 
 /// Imports `path` (a file, or with `recursive` a directory tree), writing
@@ -25,7 +39,7 @@ pub fn import_path(path: &Path, options: Options, sink: &mut impl BlockSink) -> 
 }
 
 /// [`import_path`], a file's raw leaves named by `leaves` (a directory's
-/// files are hashed).
+/// files are hashed; CIDv0 leaves always are).
 pub fn import_path_with(
     path: &Path,
     options: Options,
@@ -40,7 +54,8 @@ pub fn import_path_with(
         import_dir(path, options, sink)
     } else {
         let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-        import_file_with(BufReader::with_capacity(1 << 20, file), sink, leaves)
+        let file = BufReader::with_capacity(1 << 20, file);
+        import_file_with(file, sink, leaves, options.cid_version)
             .with_context(|| format!("cannot import {}", path.display()))
     }
 }
@@ -70,7 +85,7 @@ fn import_dir(dir: &Path, options: Options, sink: &mut impl BlockSink) -> Result
         }
         children.push((name, path));
     }
-    let mut builder = DirectoryBuilder::new();
+    let mut builder = DirectoryBuilder::with_version(options.cid_version);
     for (name, path) in children {
         let entry = import_path(&path, options, sink)?;
         builder

@@ -66,10 +66,36 @@ pub struct AddRequest {
     /// [`crate::pinner`]. Default true.
     #[serde(default = "yes")]
     pub pin: bool,
+    /// 0 or 1, as `ipfs add --cid-version`. Default 1.
+    #[serde(default = "one")]
+    pub cid_version: u64,
+}
+
+impl AddRequest {
+    /// Checks what needs no network; returns the CID version asked for.
+    pub fn check(&self) -> Result<cid::Version> {
+        ensure!(
+            (1..=365).contains(&self.days),
+            "days must be 1 to 365, not {}",
+            self.days
+        );
+        let Ok(version) = cid::Version::try_from(self.cid_version) else {
+            bail!("cid version must be 0 or 1, not {}", self.cid_version);
+        };
+        ensure!(
+            version == cid::Version::V1 || !(self.car || self.encrypt),
+            "cid version 0 is for files and directories: a CAR names its own blocks, and encrypted content is CIDv1"
+        );
+        Ok(version)
+    }
 }
 
 fn yes() -> bool {
     true
+}
+
+fn one() -> u64 {
+    1
 }
 
 /// A CID, as `/v1/pin/add`, `/v1/pin/rm` and `/v1/pin/status` take it.
@@ -181,11 +207,7 @@ pub async fn add(
     req: &AddRequest,
     progress: impl Fn(client::Progress),
 ) -> Result<AddResult> {
-    ensure!(
-        (1..=365).contains(&req.days),
-        "days must be 1 to 365, not {}",
-        req.days
-    );
+    let cid_version = req.check()?;
     let mut key = None;
     let input = if req.car {
         Input::Car(req.path.clone())
@@ -203,6 +225,7 @@ pub async fn add(
             options: Options {
                 recursive: req.recursive,
                 hidden: req.hidden,
+                cid_version,
             },
         }
     };

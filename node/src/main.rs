@@ -33,7 +33,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Store content in the network and print its CID, the one
-    /// `ipfs add --cid-version 1` gives it.
+    /// `ipfs add --cid-version 1` gives it (with `--cid-version 0`, the one
+    /// `ipfs add` gives).
     ///
     /// The content is erasure-coded into pieces placed on distinct storage
     /// nodes; its manifest is kept by several nodes, which announce the CID.
@@ -170,6 +171,30 @@ impl NodeDir {
     }
 }
 
+#[derive(clap::Args, Clone, Copy)]
+struct CidVersionArg {
+    /// CIDs as `ipfs add --cid-version` makes them: 1 gives raw leaves and
+    /// CIDv1 (`bafy…`), as `ipfs add --cid-version 1`; 0 gives the `Qm…`
+    /// CIDs of `ipfs add` without flags (kubo's defaults), which most NFT
+    /// links of 2021 and 2022 name.
+    #[arg(
+        long = "cid-version",
+        value_name = "0|1",
+        default_value_t = 1,
+        value_parser = clap::value_parser!(u64).range(0..=1)
+    )]
+    value: u64,
+}
+
+impl CidVersionArg {
+    fn version(self) -> cid::Version {
+        match self.value {
+            0 => cid::Version::V0,
+            _ => cid::Version::V1,
+        }
+    }
+}
+
 #[derive(clap::Args)]
 struct AddArgs {
     /// The file (or, with -r, directory) to add.
@@ -193,6 +218,8 @@ struct AddArgs {
     /// Include files and directories whose names start with `.`.
     #[arg(short = 'H', long)]
     hidden: bool,
+    #[command(flatten)]
+    cid_version: CidVersionArg,
     /// Erasure coding: k data and m parity pieces per segment; any k bring
     /// a segment back.
     #[arg(long, default_value_t = Scheme::default())]
@@ -314,6 +341,8 @@ enum CarCommand {
         recursive: bool,
         #[arg(short = 'H', long)]
         hidden: bool,
+        #[command(flatten)]
+        cid_version: CidVersionArg,
     },
     /// Read a CAR v1, check every block against its CID, print its roots.
     Verify { car: PathBuf },
@@ -418,10 +447,15 @@ fn run() -> Result<()> {
             output,
             recursive,
             hidden,
+            cid_version,
         }) => {
             // A CAR header names its root, known only once all is hashed:
             // hash first, then write, and check nothing changed in between.
-            let options = Options { recursive, hidden };
+            let options = Options {
+                recursive,
+                hidden,
+                cid_version: cid_version.version(),
+            };
             let root = add::import_path(&path, options, &mut NullSink)?.cid;
             let file = File::create(&output)
                 .with_context(|| format!("cannot create {}", output.display()))?;
@@ -606,6 +640,7 @@ fn add(args: AddArgs) -> Result<()> {
         let options = Options {
             recursive: args.recursive,
             hidden: args.hidden,
+            cid_version: args.cid_version.version(),
         };
         out!("{}", add::import_path(&path, options, &mut NullSink)?.cid)?;
         return Ok(());
@@ -625,7 +660,9 @@ fn add(args: AddArgs) -> Result<()> {
         scheme: args.scheme,
         days: args.days,
         pin: !args.no_pin,
+        cid_version: args.cid_version.value,
     };
+    req.check()?;
     let bar = progress_bar(!args.quiet && !args.json);
     let added = match Via::choose(args.net)? {
         Via::Node(node) => node.add(&req, |event| match event {

@@ -1,5 +1,5 @@
 //! Guards the `cairn` command as a user meets it: `add --only-hash` prints
-//! the CID IPFS would, CAR files round-trip with the reference tools, and
+//! the CID IPFS would (with `--cid-version 0`, kubo's `Qm…`), CAR files round-trip with the reference tools, and
 //! bad input gets a clear error and a failing exit code.
 
 use std::fs;
@@ -34,6 +34,16 @@ fn add_only_hash_prints_the_ipfs_cid() -> Result<()> {
     let out = cairn(&["add", "-n", "-r", dir.to_str().unwrap_or_default()])?;
     assert!(out.status.success());
     assert_eq!(stdout(&out), reference::hash_dir(&dir)?);
+
+    // As `ipfs add` without flags: `Qm…`.
+    let v0 = ["add", "-n", "--cid-version", "0"];
+    let out = cairn(&[&v0[..], &[file.to_str().unwrap_or_default()]].concat())?;
+    assert!(out.status.success());
+    assert_eq!(stdout(&out), reference::hash_files_as(&[&file], true)?[0]);
+    let out = cairn(&[&v0[..], &["-r", dir.to_str().unwrap_or_default()]].concat())?;
+    assert!(out.status.success());
+    assert_eq!(stdout(&out), reference::hash_dir_as(&dir, true)?);
+    assert!(stdout(&out).starts_with("Qm"));
     Ok(())
 }
 
@@ -88,5 +98,14 @@ fn bad_input_gets_a_clear_error() -> Result<()> {
     let out = cairn(&["car", "verify", not_car.to_str().unwrap_or_default()])?;
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("CAR header"));
+
+    // Refused before any network is tried (none is given here).
+    let car = not_car.to_str().unwrap_or_default();
+    let out = cairn(&["add", "--cid-version", "0", "--car", car])?;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("a CAR names its own blocks"));
+    let out = cairn(&["add", "-n", "--cid-version", "2", car])?;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("2 is not in 0..=1"));
     Ok(())
 }

@@ -4,7 +4,7 @@
 //! (sha2-256; raw or dag-pb); pieces use BLAKE3, whose tree doubles as the
 //! commitment that audit proofs and verified ranges are checked against.
 
-use cid::Cid;
+use cid::{Cid, Version};
 use multihash::Multihash;
 use sha2::Digest as _;
 
@@ -35,6 +35,16 @@ fn wrap(code: u64, digest: &[u8; 32]) -> Multihash<64> {
 /// The sha2-256 CIDv1 of `data` under `codec`, as IPFS computes it.
 pub fn sha256_cid(codec: u64, data: &[u8]) -> Cid {
     Cid::new_v1(codec, wrap(SHA2_256, &sha2::Sha256::digest(data).into()))
+}
+
+/// The sha2-256 CID of dag-pb block `data`: CIDv0 (dag-pb is implied) or
+/// CIDv1.
+pub fn dag_pb_cid(version: Version, data: &[u8]) -> Cid {
+    match version {
+        Version::V0 => Cid::new_v0(wrap(SHA2_256, &sha2::Sha256::digest(data).into()))
+            .expect("a sha2-256 multihash makes a CIDv0"),
+        Version::V1 => sha256_cid(DAG_PB, data),
+    }
 }
 
 /// The BLAKE3 CIDv1 (raw codec) of a piece.

@@ -2,7 +2,8 @@
 // compatibility tests. Every command prints one JSON document on stdout.
 //
 //   node ref.mjs hash FILE...        root CID of each file, importer defaults
-//   node ref.mjs dir DIR             root CID of a directory tree (hidden entries skipped, as `ipfs add -r`)
+//   node ref.mjs hash0 FILE...       the same, as `ipfs add` without flags (CIDv0, dag-pb leaves)
+//   node ref.mjs dir DIR [v0]        root CID of a directory tree (hidden entries skipped, as `ipfs add -r`)
 //   node ref.mjs car FILE OUT.car    import FILE and write its blocks as a CAR v1
 //   node ref.mjs car0 FILE OUT.car   the same, imported as `ipfs add` does by default (CIDv0, dag-pb leaves)
 //   node ref.mjs dircar DIR OUT.car [v0]  import a directory tree (as `dir`; `v0` as `ipfs add -r` without flags) into a CAR v1
@@ -24,8 +25,11 @@ async function importOne (entries, blockstore, options = {}) {
   return last
 }
 
-// kubo's `ipfs add` without flags: CIDv0, leaves as dag-pb nodes of UnixFS type Raw.
-const KUBO_V0 = { cidVersion: 0, rawLeaves: false, leafType: 'raw' }
+// kubo's `ipfs add` without flags: CIDv0, leaves as dag-pb nodes of UnixFS
+// type File (boxo's balanced layout keeps `TFile` leaves for backwards
+// compatibility). It gives kubo's well-known CIDs: QmbFMke1… for no bytes,
+// QmT78zSu… for "hello world\n".
+const KUBO_V0 = { cidVersion: 0, rawLeaves: false }
 
 function walk (dir, rel, out) {
   out.push({ path: rel })
@@ -49,17 +53,17 @@ class RecordingBlockstore extends MemoryBlockstore {
 
 const [cmd, ...args] = process.argv.slice(2)
 const bs = new RecordingBlockstore()
-if (cmd === 'hash') {
+if (cmd === 'hash' || cmd === 'hash0') {
   const cids = []
   for (const file of args) {
-    const entry = await importOne([{ content: createReadStream(file) }], new MemoryBlockstore())
+    const entry = await importOne([{ content: createReadStream(file) }], new MemoryBlockstore(), cmd === 'hash0' ? KUBO_V0 : {})
     cids.push(entry.cid.toString())
   }
   console.log(JSON.stringify(cids))
 } else if (cmd === 'dir') {
   const entries = walk(args[0], basename(args[0]), [])
   let root
-  for await (const entry of importer(entries, bs)) if (entry.path === basename(args[0])) root = entry
+  for await (const entry of importer(entries, bs, args[1] === 'v0' ? KUBO_V0 : {})) if (entry.path === basename(args[0])) root = entry
   console.log(JSON.stringify(root.cid.toString()))
 } else if (cmd === 'car' || cmd === 'car0') {
   const entry = await importOne([{ content: createReadStream(args[0]) }], bs, cmd === 'car0' ? KUBO_V0 : {})

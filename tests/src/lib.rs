@@ -47,14 +47,29 @@ pub mod reference {
 
     /// Root CIDs the reference importer gives each file.
     pub fn hash_files(files: &[&Path]) -> Result<Vec<String>> {
-        let mut args = vec!["hash"];
+        hash_files_as(files, false)
+    }
+
+    /// [`hash_files`], or with `v0` as `ipfs add` without flags (kubo's
+    /// defaults: CIDv0, dag-pb leaves).
+    pub fn hash_files_as(files: &[&Path], v0: bool) -> Result<Vec<String>> {
+        let mut args = vec![if v0 { "hash0" } else { "hash" }];
         args.extend(files.iter().map(|f| f.to_str().unwrap_or_default()));
         Ok(serde_json::from_value(run(&args)?)?)
     }
 
     /// Root CID the reference gives a directory tree (as `ipfs add -r`).
     pub fn hash_dir(dir: &Path) -> Result<String> {
-        Ok(serde_json::from_value(run(&["dir", path(dir)])?)?)
+        hash_dir_as(dir, false)
+    }
+
+    /// [`hash_dir`], or with `v0` as `ipfs add -r` without flags.
+    pub fn hash_dir_as(dir: &Path, v0: bool) -> Result<String> {
+        let mut args = vec!["dir", path(dir)];
+        if v0 {
+            args.push("v0");
+        }
+        Ok(serde_json::from_value(run(&args)?)?)
     }
 
     fn path(p: &Path) -> &str {
@@ -70,8 +85,8 @@ pub mod reference {
         ])?)?)
     }
 
-    /// As [`write_car`], imported as `ipfs add` does by default: CIDv0,
-    /// dag-pb leaves.
+    /// As [`write_car`], imported as `ipfs add` does by default (kubo's
+    /// defaults): CIDv0, dag-pb leaves.
     pub fn write_car_v0(file: &Path, car: &Path) -> Result<String> {
         Ok(serde_json::from_value(run(&[
             "car0",

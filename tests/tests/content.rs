@@ -199,7 +199,7 @@ async fn sizes_directories_and_cars_round_trip() -> Result<()> {
         path: tree.clone(),
         options: Options {
             recursive: true,
-            hidden: false,
+            ..Options::default()
         },
     };
     let added = add(h, dir_input, &options).await?;
@@ -611,6 +611,21 @@ async fn an_nft_collection_is_read_by_its_ipfs_links() -> Result<()> {
     ensure!(String::from_utf8(added)?.trim() == v0);
     let got = ok(run(&["cat", &format!("ipfs://{v0}/meta/{}", token(123))])?)?;
     ensure!(got == token_json(123).as_bytes());
+    // The same files added as `ipfs add -r` adds them: the same CID, and
+    // the network already has it.
+    let again = ok(run(&[
+        "add",
+        "--json",
+        "-r",
+        "--cid-version",
+        "0",
+        path(&small)?,
+    ])?)?;
+    let again: serde_json::Value = serde_json::from_slice(&again)?;
+    ensure!(
+        again["cid"] == v0.as_str() && again["already_stored"] == true,
+        "{again}"
+    );
     drop(net);
     Ok(())
 }

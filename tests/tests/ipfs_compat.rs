@@ -1,7 +1,8 @@
 //! Guards byte-for-byte compatibility with IPFS: Cairn's CIDs, directories
 //! and CARs against the ecosystem's reference implementation
 //! (ipfs-unixfs-importer with its defaults, which equal
-//! `ipfs add --cid-version 1`; @ipld/car; ipfs-unixfs-exporter).
+//! `ipfs add --cid-version 1`, and with kubo's, which equal `ipfs add`;
+//! @ipld/car; ipfs-unixfs-exporter).
 
 use std::collections::HashMap;
 use std::fs;
@@ -14,6 +15,7 @@ use cairn_protocol::car::{CarReader, CarWriter};
 use cairn_protocol::unixfs::{self, CHUNK_SIZE, IMPORT_BATCH, MAX_LINKS, NullSink};
 use cairn_tests::nft::{self, token, token_json};
 use cairn_tests::reference;
+use cid::Version;
 use rand::{Rng, RngCore, SeedableRng};
 use sha2::Digest as _;
 
@@ -25,6 +27,11 @@ fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
 
 fn cairn_cid(data: &[u8]) -> Result<String> {
     Ok(unixfs::import_file(data, &mut NullSink)?.cid.to_string())
+}
+
+fn cairn_cid_v0(data: &[u8]) -> Result<String> {
+    let entry = unixfs::import_file_with(data, &mut NullSink, &unixfs::HashLeaves, Version::V0)?;
+    Ok(entry.cid.to_string())
 }
 
 #[test]
@@ -47,18 +54,22 @@ fn file_cids_match_the_reference_at_every_boundary() -> Result<()> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(2);
     sizes.extend((0..6).map(|_| rng.gen_range(0..3 * CHUNK_SIZE)));
     let mut files = Vec::new();
-    let mut ours = Vec::new();
+    let (mut ours, mut ours_v0) = (Vec::new(), Vec::new());
     for (i, &len) in sizes.iter().enumerate() {
         let data = random_bytes(len, i as u64);
         let path = dir.path().join(format!("f{i}"));
         fs::write(&path, &data)?;
         ours.push(cairn_cid(&data)?);
+        ours_v0.push(cairn_cid_v0(&data)?);
         files.push(path);
     }
     let refs: Vec<&Path> = files.iter().map(|p| p.as_path()).collect();
     let theirs = reference::hash_files(&refs)?;
-    for ((len, ours), theirs) in sizes.iter().zip(&ours).zip(&theirs) {
-        assert_eq!(ours, theirs, "CID of {len} bytes");
+    let theirs_v0 = reference::hash_files_as(&refs, true)?;
+    for (i, len) in sizes.iter().enumerate() {
+        assert_eq!(ours[i], theirs[i], "CID of {len} bytes");
+        assert_eq!(ours_v0[i], theirs_v0[i], "CIDv0 of {len} bytes");
+        assert!(ours_v0[i].starts_with("Qm"), "{}", ours_v0[i]);
     }
     Ok(())
 }
@@ -91,15 +102,18 @@ fn directory_tree_cid_matches_the_reference() -> Result<()> {
     fs::write(root.join(".hidden"), b"skipped by ipfs add -r")?;
     fs::write(root.join("sub/big"), random_bytes(3 * CHUNK_SIZE + 10, 9))?;
     fs::write(root.join("sub/deeper/x"), b"x")?;
-    let ours = add::import_path(
-        &root,
-        Options {
-            recursive: true,
-            hidden: false,
-        },
-        &mut NullSink,
-    )?;
-    assert_eq!(ours.cid.to_string(), reference::hash_dir(&root)?);
+    for v0 in [false, true] {
+        let options = match v0 {
+            true => RECURSIVE_V0,
+            false => RECURSIVE,
+        };
+        let ours = add::import_path(&root, options, &mut NullSink)?;
+        assert_eq!(
+            ours.cid.to_string(),
+            reference::hash_dir_as(&root, v0)?,
+            "v0: {v0}"
+        );
+    }
     Ok(())
 }
 
@@ -166,6 +180,13 @@ fn collection(root: &Path, n: usize) -> Result<()> {
 const RECURSIVE: Options = Options {
     recursive: true,
     hidden: false,
+    cid_version: Version::V1,
+};
+
+/// As `ipfs add -r` without flags.
+const RECURSIVE_V0: Options = Options {
+    cid_version: Version::V0,
+    ..RECURSIVE
 };
 
 #[test]
@@ -178,6 +199,9 @@ fn a_sharded_directory_matches_the_reference() -> Result<()> {
     collection(&root, 6000)?;
     let ours = add::import_path(&root, RECURSIVE, &mut NullSink)?;
     assert_eq!(ours.cid.to_string(), reference::hash_dir(&root)?);
+    // As `ipfs add -r` without flags: shards are CIDv0 too.
+    let ours = add::import_path(&root, RECURSIVE_V0, &mut NullSink)?;
+    assert_eq!(ours.cid.to_string(), reference::hash_dir_as(&root, true)?);
     Ok(())
 }
 

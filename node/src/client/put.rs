@@ -19,7 +19,7 @@ use cairn_protocol::record::{SignedReceipt, Terms};
 use cairn_protocol::seal::{Key, Sealer};
 use cairn_protocol::unixfs::{BlockSink, CHUNK_SIZE, HashLeaves, Leaves, import_file_with};
 use cairn_protocol::wire::{RejectReason, StoreRequest, StoreResponse, Transfer};
-use cid::Cid;
+use cid::{Cid, Version};
 use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
 use libp2p::{PeerId, kad};
@@ -343,7 +343,7 @@ fn import(input: &Input, sink: &mut impl BlockSink, leaves: &impl Leaves) -> Res
                 );
             }
             let sealed = Sealer::new(BufReader::with_capacity(1 << 20, file), key);
-            Ok(import_file_with(sealed, sink, leaves)
+            Ok(import_file_with(sealed, sink, leaves, Version::V1)
                 .with_context(|| format!("cannot import {}", path.display()))?
                 .cid)
         }
@@ -750,6 +750,7 @@ mod tests {
     #[test]
     fn the_pack_pass_names_leaves_as_the_first_pass_did_and_notices_a_change() {
         use cairn_protocol::unixfs::{BlockSink as _, ByteCount, NullSink, import_file};
+        use cid::Version::V1;
         let data: Vec<u8> = (0..3 * CHUNK_SIZE + 5).map(|i| (i % 251) as u8).collect();
         let mut first = FirstPass::default();
         let root = import_file(&data[..], &mut first).expect("first pass").cid;
@@ -760,23 +761,23 @@ mod tests {
 
         // The same bytes: the same root, with no leaf hashed again (a
         // leaf named differently than its bytes would change the root).
-        let again = import_file_with(&data[..], &mut NullSink, &first.leaves).expect("again");
+        let again = import_file_with(&data[..], &mut NullSink, &first.leaves, V1).expect("again");
         assert_eq!(again.cid, root);
         let mut lying = KnownLeaves(first.leaves.0.clone());
         lying.0[1].0 = cairn_protocol::block::sha256_cid(RAW, b"other");
-        let lied = import_file_with(&data[..], &mut NullSink, &lying).expect("trusted");
+        let lied = import_file_with(&data[..], &mut NullSink, &lying, V1).expect("trusted");
         assert_ne!(lied.cid, root, "the known CID was used, not a new hash");
 
         // A chunk that changed in between fails the import.
         let mut changed = data.clone();
         changed[2 * CHUNK_SIZE + 7] ^= 1;
-        let err = import_file_with(&changed[..], &mut NullSink, &first.leaves)
+        let err = import_file_with(&changed[..], &mut NullSink, &first.leaves, V1)
             .expect_err("changed input");
         assert!(err.to_string().contains("changed"), "{err}");
 
         // Leaves beyond those known are hashed.
         let short = KnownLeaves(first.leaves.0[..2].to_vec());
-        let beyond = import_file_with(&data[..], &mut NullSink, &short).expect("hashed");
+        let beyond = import_file_with(&data[..], &mut NullSink, &short, V1).expect("hashed");
         assert_eq!(beyond.cid, root);
         let mut sink = FirstPass::default();
         sink.put(&root, b"a dag-pb node").expect("put");

@@ -14,7 +14,7 @@
 
 use std::io;
 
-use cid::Cid;
+use cid::{Cid, Version};
 use ipld_dagpb::PbLink;
 
 use super::import::{Entry, write_node};
@@ -48,13 +48,17 @@ fn slot(hash: u64, depth: usize, bits: u32) -> Option<u64> {
 
 /// Writes the shards of a directory of `entries` (distinct names), deepest
 /// first, and returns the root shard.
-pub(super) fn build(entries: Vec<(String, Entry)>, sink: &mut impl BlockSink) -> io::Result<Entry> {
+pub(super) fn build(
+    entries: Vec<(String, Entry)>,
+    version: Version,
+    sink: &mut impl BlockSink,
+) -> io::Result<Entry> {
     let mut hashed: Vec<(u64, String, Entry)> = entries
         .into_iter()
         .map(|(name, entry)| (hash(&name), name, entry))
         .collect();
     hashed.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
-    write_shard(&hashed, 0, sink)
+    write_shard(&hashed, 0, version, sink)
 }
 
 /// One shard over `entries`, sorted by hash, which agree on the slots of
@@ -62,6 +66,7 @@ pub(super) fn build(entries: Vec<(String, Entry)>, sink: &mut impl BlockSink) ->
 fn write_shard(
     entries: &[(u64, String, Entry)],
     depth: usize,
+    version: Version,
     sink: &mut impl BlockSink,
 ) -> io::Result<Entry> {
     const BITS: u32 = FANOUT.trailing_zeros();
@@ -88,7 +93,7 @@ fn write_shard(
                 size: Some(entry.dag_size),
             },
             _ => {
-                let child = write_shard(run, depth + 1, sink)?;
+                let child = write_shard(run, depth + 1, version, sink)?;
                 PbLink {
                     cid: child.cid,
                     name: Some(label),
@@ -105,7 +110,7 @@ fn write_shard(
         fanout: Some(FANOUT),
         ..Default::default()
     };
-    write_node(links, data, sink)
+    write_node(links, data, version, sink)
 }
 
 /// A shard as read: its links and how they are labelled.
@@ -275,7 +280,9 @@ mod tests {
             fanout: Some(fanout),
             ..Default::default()
         };
-        write_node(links, data, store).expect("in memory").cid
+        write_node(links, data, Version::V1, store)
+            .expect("in memory")
+            .cid
     }
 
     #[test]
@@ -283,7 +290,9 @@ mod tests {
         let mut store = Store::new();
         let names: Vec<String> = (0..3000).map(|i| format!("{i}.json")).collect();
         let entries = names.iter().enumerate().map(|(i, n)| (n.clone(), file(i)));
-        let root = build(entries.collect(), &mut store).expect("in memory").cid;
+        let root = build(entries.collect(), Version::V1, &mut store)
+            .expect("in memory")
+            .cid;
         let listed = list(&mut store, &root).expect("a valid shard");
         let mut sorted = names.clone();
         sorted.sort();

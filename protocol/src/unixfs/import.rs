@@ -7,13 +7,13 @@
 use std::collections::BTreeMap;
 use std::io::{self, Read};
 
-use cid::Cid;
+use cid::{Cid, Version};
 use ipld_dagpb::{PbLink, PbNode};
 use prost::Message as _;
 use rayon::prelude::*;
 
 use super::{CHUNK_SIZE, Data, DataType, MAX_DIRECTORY_LINK_BYTES, MAX_LINKS, hamt};
-use crate::block::{self, DAG_PB, RAW};
+use crate::block::{self, RAW};
 
 /// Where an import puts its blocks, in the order it produces them: every
 /// block after the blocks it links to, the root last.
@@ -86,21 +86,30 @@ impl Leaves for HashLeaves {
     }
 }
 
-/// Imports one file's bytes, writing its blocks to `sink`.
+/// Imports one file's bytes as `ipfs add --cid-version 1` does, writing
+/// its blocks to `sink`.
 pub fn import_file(reader: impl Read + Send, sink: &mut impl BlockSink) -> io::Result<Entry> {
-    import_file_with(reader, sink, &HashLeaves)
+    import_file_with(reader, sink, &HashLeaves, Version::V1)
 }
 
-/// [`import_file`], the raw leaves named by `leaves`: a caller that has
-/// hashed the same file before can skip hashing it again.
+/// [`import_file`], laid out as `ipfs add --cid-version N` does: with
+/// `V1` the leaves are raw blocks named by `leaves` (a caller that has
+/// hashed the same file before can skip hashing it again); with `V0`, as
+/// kubo's default, every block is CIDv0 dag-pb and each leaf a UnixFS
+/// `File` node holding its chunk (`leaves` is not asked).
 pub fn import_file_with(
     mut reader: impl Read + Send,
     sink: &mut impl BlockSink,
     leaves: &impl Leaves,
+    version: Version,
 ) -> io::Result<Entry> {
     let mut batch = vec![0u8; IMPORT_BATCH * CHUNK_SIZE];
     let mut next = vec![0u8; IMPORT_BATCH * CHUNK_SIZE];
-    let mut tree = BalancedTree::default();
+    let mut tree = BalancedTree {
+        levels: Vec::new(),
+        leaves: 0,
+        version,
+    };
     let mut n = read_full(&mut reader, &mut batch)?;
     loop {
         let last = n < batch.len();
@@ -110,12 +119,15 @@ pub fn import_file_with(
             chunks.push(&[]);
         }
         let first = tree.leaves;
-        let (cids, read) = rayon::join(
+        let (named, read) = rayon::join(
             || {
                 chunks
                     .par_iter()
                     .enumerate()
-                    .map(|(i, c)| leaves.cid(first + i as u64, c))
+                    .map(|(i, c)| match version {
+                        Version::V0 => Ok(leaf_v0(c)),
+                        Version::V1 => Ok((leaves.cid(first + i as u64, c)?, None)),
+                    })
                     .collect::<io::Result<Vec<_>>>()
             },
             || match last {
@@ -123,14 +135,14 @@ pub fn import_file_with(
                 false => read_full(&mut reader, &mut next),
             },
         );
-        for (chunk, cid) in chunks.iter().zip(cids?) {
-            sink.put(&cid, chunk)?;
-            let size = chunk.len() as u64;
+        for (chunk, (cid, node)) in chunks.iter().zip(named?) {
+            let block = node.as_deref().unwrap_or(chunk);
+            sink.put(&cid, block)?;
             tree.push_leaf(
                 Entry {
                     cid,
-                    file_size: size,
-                    dag_size: size,
+                    file_size: chunk.len() as u64,
+                    dag_size: block.len() as u64,
                 },
                 sink,
             )?;
@@ -142,6 +154,23 @@ pub fn import_file_with(
         std::mem::swap(&mut batch, &mut next);
     }
     tree.finish(sink)
+}
+
+/// A CIDv0 leaf over `chunk`, as kubo writes one (`TFile`, for backwards
+/// compatibility), and its CID.
+fn leaf_v0(chunk: &[u8]) -> (Cid, Option<Vec<u8>>) {
+    let data = Data {
+        r#type: DataType::File as i32,
+        data: (!chunk.is_empty()).then(|| chunk.to_vec()),
+        filesize: Some(chunk.len() as u64),
+        ..Default::default()
+    };
+    let node = PbNode {
+        links: Vec::new(),
+        data: Some(data.encode_to_vec().into()),
+    }
+    .into_bytes();
+    (block::dag_pb_cid(Version::V0, &node), Some(node.to_vec()))
 }
 
 /// Reads until `buf` is full or the reader is exhausted.
@@ -162,10 +191,10 @@ fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 /// gathered into a node at height `i + 1`. A level that reaches
 /// [`MAX_LINKS`] becomes a node at once, which gives the same tree as
 /// batching all leaves by 174, then all of those nodes by 174, and so on.
-#[derive(Default)]
 struct BalancedTree {
     levels: Vec<Vec<Entry>>,
     leaves: u64,
+    version: Version,
 }
 
 impl BalancedTree {
@@ -180,7 +209,7 @@ impl BalancedTree {
         }
         self.levels[level].push(entry);
         if self.levels[level].len() == MAX_LINKS {
-            let node = file_node(&std::mem::take(&mut self.levels[level]), sink)?;
+            let node = file_node(&std::mem::take(&mut self.levels[level]), self.version, sink)?;
             self.push(level + 1, node, sink)?;
         }
         Ok(())
@@ -197,7 +226,7 @@ impl BalancedTree {
                 return Ok(pending[0]);
             }
             if !pending.is_empty() {
-                let node = file_node(&pending, sink)?;
+                let node = file_node(&pending, self.version, sink)?;
                 if self.levels.len() == level + 1 {
                     self.levels.push(Vec::new());
                 }
@@ -209,7 +238,7 @@ impl BalancedTree {
 }
 
 /// A dag-pb file node over `children`, written to `sink`.
-fn file_node(children: &[Entry], sink: &mut impl BlockSink) -> io::Result<Entry> {
+fn file_node(children: &[Entry], version: Version, sink: &mut impl BlockSink) -> io::Result<Entry> {
     let file_size = children.iter().map(|c| c.file_size).sum();
     let data = Data {
         r#type: DataType::File as i32,
@@ -225,13 +254,14 @@ fn file_node(children: &[Entry], sink: &mut impl BlockSink) -> io::Result<Entry>
             size: Some(c.dag_size),
         })
         .collect();
-    let node = write_node(links, data, sink)?;
+    let node = write_node(links, data, version, sink)?;
     Ok(Entry { file_size, ..node })
 }
 
 pub(super) fn write_node(
     links: Vec<PbLink>,
     data: Data,
+    version: Version,
     sink: &mut impl BlockSink,
 ) -> io::Result<Entry> {
     let links_size: u64 = links.iter().filter_map(|l| l.size).sum();
@@ -240,7 +270,7 @@ pub(super) fn write_node(
         data: Some(data.encode_to_vec().into()),
     }
     .into_bytes();
-    let cid = block::sha256_cid(DAG_PB, &bytes);
+    let cid = block::dag_pb_cid(version, &bytes);
     sink.put(&cid, &bytes)?;
     Ok(Entry {
         cid,
@@ -260,15 +290,32 @@ pub enum DirectoryError {
 
 /// A UnixFS directory, built from already-imported entries: one node, or
 /// HAMT shards once the links outgrow [`MAX_DIRECTORY_LINK_BYTES`].
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct DirectoryBuilder {
     entries: BTreeMap<String, Entry>,
     link_bytes: usize,
+    version: Version,
+}
+
+impl Default for DirectoryBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl DirectoryBuilder {
+    /// A directory as `ipfs add --cid-version 1` writes one.
     pub fn new() -> Self {
-        Self::default()
+        Self::with_version(Version::V1)
+    }
+
+    /// A directory whose nodes get CIDs of `version`.
+    pub fn with_version(version: Version) -> Self {
+        DirectoryBuilder {
+            entries: BTreeMap::new(),
+            link_bytes: 0,
+            version,
+        }
     }
 
     pub fn add(&mut self, name: &str, entry: Entry) -> Result<(), DirectoryError> {
@@ -288,7 +335,7 @@ impl DirectoryBuilder {
     /// bytes, or its shards, the root last.
     pub fn finish(self, sink: &mut impl BlockSink) -> io::Result<Entry> {
         if self.link_bytes > MAX_DIRECTORY_LINK_BYTES {
-            return hamt::build(self.entries.into_iter().collect(), sink);
+            return hamt::build(self.entries.into_iter().collect(), self.version, sink);
         }
         let links = self
             .entries
@@ -303,7 +350,7 @@ impl DirectoryBuilder {
             r#type: DataType::Directory as i32,
             ..Default::default()
         };
-        write_node(links, data, sink)
+        write_node(links, data, self.version, sink)
     }
 }
 
@@ -364,6 +411,30 @@ mod tests {
         assert_eq!(
             dir.add("a", file),
             Err(DirectoryError::Duplicate("a".into()))
+        );
+    }
+
+    #[test]
+    fn cid_version_0_gives_kubos_cids() {
+        // `ipfs add` (kubo, no flags) of these bytes, and `ipfs object new
+        // unixfs-dir`: well-known CIDs.
+        for (bytes, cid) in [
+            (&b""[..], "QmbFMke1KXqnYyBBWxB74N4c5SBnJMVAiMNRcGu6x1AwQH"),
+            (
+                b"hello world\n",
+                "QmT78zSuBmuS4z925WZfrqQ1qHaJ56DQaTfyMUF7F8ff5o",
+            ),
+        ] {
+            let entry = import_file_with(bytes, &mut NullSink, &HashLeaves, Version::V0)
+                .expect("from memory");
+            assert_eq!(entry.cid.to_string(), cid);
+        }
+        let dir = DirectoryBuilder::with_version(Version::V0)
+            .finish(&mut NullSink)
+            .expect("no io");
+        assert_eq!(
+            dir.cid.to_string(),
+            "QmUNLLsPACCz1vLxQVkXqqLX5R1X345qqfHbsf67hvA3Nn"
         );
     }
 
