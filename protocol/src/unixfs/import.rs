@@ -170,7 +170,7 @@ fn leaf_v0(chunk: &[u8]) -> (Cid, Option<Vec<u8>>) {
         data: Some(data.encode_to_vec().into()),
     }
     .into_bytes();
-    (block::dag_pb_cid(Version::V0, &node), Some(node.to_vec()))
+    (block::dag_pb_cid(Version::V0, &node), Some(node))
 }
 
 /// Reads until `buf` is full or the reader is exhausted.
