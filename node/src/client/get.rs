@@ -230,28 +230,6 @@ impl Content {
         }
     }
 
-    /// The segments holding bytes `range` of the file whose DAG fills
-    /// stream bytes `span`, in order: what the reader will want, so what to
-    /// fetch before its first block is in. Raw leaves are the file's bytes
-    /// in stream order; leaves that are dag-pb nodes (CIDv0) give no file
-    /// offsets without decoding, so their segments are planned as the
-    /// reader names them ([`NetSource::upcoming`]).
-    fn plan(&self, span: Range<u64>, range: Range<u64>) -> Vec<u64> {
-        let mut plan = BTreeSet::new();
-        let (mut at, mut file_at) = (0u64, 0u64);
-        for b in &self.manifest.blocks {
-            if b.0.codec() == RAW && span.start <= at && at + b.1 <= span.end {
-                let leaf = file_at..file_at + b.1;
-                if leaf.start < range.end && range.start < leaf.end {
-                    plan.extend(self.manifest.segments_for(at..at + b.1));
-                }
-                file_at = leaf.end;
-            }
-            at += b.1;
-        }
-        plan.into_iter().collect()
-    }
-
     /// Where each block starts in the stream.
     fn block_starts(&self) -> impl Iterator<Item = u64> + '_ {
         self.manifest.blocks.iter().scan(0, |at, b| {
@@ -380,6 +358,28 @@ impl Content {
             at += b.1;
         }
         out
+    }
+
+    /// The segments holding bytes `range` of the file whose DAG fills
+    /// stream bytes `span`, in order: what the reader will want, so what to
+    /// fetch before its first block is in. Raw leaves are the file's bytes
+    /// in stream order; leaves that are dag-pb nodes (CIDv0) give no file
+    /// offsets without decoding, so their segments are planned as the
+    /// reader names them ([`NetSource::upcoming`]).
+    fn plan(&self, span: Range<u64>, range: Range<u64>) -> Vec<u64> {
+        let mut plan = BTreeSet::new();
+        let (mut at, mut file_at) = (0u64, 0u64);
+        for b in &self.manifest.blocks {
+            if b.0.codec() == RAW && span.start <= at && at + b.1 <= span.end {
+                let leaf = file_at..file_at + b.1;
+                if leaf.start < range.end && range.start < leaf.end {
+                    plan.extend(self.manifest.segments_for(at..at + b.1));
+                }
+                file_at = leaf.end;
+            }
+            at += b.1;
+        }
+        plan.into_iter().collect()
     }
 }
 
