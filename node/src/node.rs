@@ -544,6 +544,15 @@ impl Node {
         // whatever the clock's speed.
         limits.reservation_ttl *= u64::from(config.clock.speed());
         let (store, recovery) = Store::open(&config.data_dir.join("store"), limits)?;
+        if let Some(disk) = store.disk_available()
+            && config.capacity > store.used().saturating_add(disk)
+        {
+            tracing::warn!(
+                capacity = config.capacity,
+                disk_free = disk,
+                "the capacity is more than the disk has free: offers are refused once the disk is full"
+            );
+        }
         let store = Arc::new(store);
         let providers = ProviderStore::open(
             &config.data_dir.join("providers.redb"),

@@ -129,6 +129,25 @@ fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Error {
     move |source| Error::Io { op, path, source }
 }
 
+/// Room kept on the store's filesystem beyond the pieces promised: the
+/// index and temporary files need some.
+pub const DISK_MARGIN: u64 = 16 << 20;
+
+/// Bytes an offer may take: what capacity leaves after the pieces held and
+/// reserved, and no more than the filesystem (`disk` bytes available) has
+/// room for once the reserved pieces are written, less [`DISK_MARGIN`]. A
+/// node whose disk fills refuses offers instead of failing transfers.
+fn offerable(limits: &Limits, s: &State, disk: Option<u64>) -> u64 {
+    let left = limits
+        .capacity
+        .saturating_sub(s.used)
+        .saturating_sub(s.reserved);
+    match disk {
+        Some(disk) => left.min(disk.saturating_sub(s.reserved).saturating_sub(DISK_MARGIN)),
+        None => left,
+    }
+}
+
 /// What [`Store::open`] found and settled.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Recovery {
@@ -244,13 +263,19 @@ impl Store {
         self.lock().count
     }
 
-    /// Bytes that can still be offered: capacity less used and reserved.
+    /// Bytes that can still be offered: capacity less used and reserved,
+    /// and no more than the filesystem has room for ([`offerable`]).
     pub fn free(&self) -> u64 {
+        let disk = self.disk_available();
         let s = self.lock();
-        self.limits
-            .capacity
-            .saturating_sub(s.used)
-            .saturating_sub(s.reserved)
+        offerable(&self.limits, &s, disk)
+    }
+
+    /// Bytes free on the store's filesystem for this user; `None` when
+    /// the filesystem cannot say.
+    pub fn disk_available(&self) -> Option<u64> {
+        let fs = rustix::fs::statvfs(&self.dir).ok()?;
+        Some(fs.f_bavail.saturating_mul(fs.f_frsize))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -355,6 +380,7 @@ impl Store {
     /// Answers an offer: reserves the space, or says why not.
     pub fn reserve(&self, peer: &[u8], terms: &Terms, now: u64) -> Result<u64, RejectReason> {
         let l = &self.limits;
+        let disk = self.disk_available();
         if terms.size == 0 || terms.size > l.max_piece {
             return Err(RejectReason::TooLarge { max: l.max_piece });
         }
@@ -380,7 +406,7 @@ impl Store {
         if s.reservations.contains_key(&terms.piece) || s.reservations.len() >= l.max_reservations {
             return Err(RejectReason::Busy);
         }
-        let free = l.capacity.saturating_sub(s.used).saturating_sub(s.reserved);
+        let free = offerable(l, &s, disk);
         if terms.size > free {
             return Err(RejectReason::OverCapacity { free });
         }
@@ -1037,6 +1063,43 @@ mod tests {
         assert_eq!((store.used(), store.count()), (10_000, 1));
         assert_eq!(store.read(&piece).expect("read"), Some(data.into()));
         assert_eq!(store.pieces_after(None, 10).expect("list"), vec![piece]);
+    }
+
+    #[test]
+    fn offers_fit_the_disk_as_well_as_the_capacity() {
+        let l = Limits::new(1 << 40);
+        let state = |used, reserved| State {
+            used,
+            count: 0,
+            reserved,
+            reservations: HashMap::new(),
+        };
+        let gib = 1 << 30;
+        // A disk larger than the capacity left: the capacity counts.
+        assert_eq!(offerable(&l, &state(0, 0), Some(2 << 40)), 1 << 40);
+        assert_eq!(
+            offerable(&l, &state(gib, gib), Some(2 << 40)),
+            (1 << 40) - 2 * gib
+        );
+        // A fuller disk: what it has once the promised pieces are
+        // written, less the margin; nothing once that is gone.
+        assert_eq!(offerable(&l, &state(0, 0), Some(gib)), gib - DISK_MARGIN);
+        assert_eq!(
+            offerable(&l, &state(0, 100), Some(gib)),
+            gib - 100 - DISK_MARGIN
+        );
+        assert_eq!(offerable(&l, &state(0, 0), Some(DISK_MARGIN)), 0);
+        // A filesystem that cannot say leaves the capacity.
+        assert_eq!(offerable(&l, &state(5, 0), None), (1 << 40) - 5);
+    }
+
+    #[test]
+    fn the_disk_is_asked_and_bounds_what_is_offered() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path(), u64::MAX);
+        let disk = store.disk_available().expect("statvfs works on a tempdir");
+        assert!(disk > 0);
+        assert!(store.free() <= disk.saturating_sub(DISK_MARGIN));
     }
 
     #[test]
