@@ -147,6 +147,10 @@ pub struct NodeStatus {
     /// Bytes of pieces stored, and the most the node stores.
     pub used: u64,
     pub capacity: u64,
+    /// Bytes offers may still take: the capacity left, or less when the
+    /// disk has less room.
+    #[serde(default)]
+    pub free: u64,
     /// Stored pieces not yet announced in the DHT, or being announced.
     pub announcing: usize,
 }
@@ -427,6 +431,7 @@ async fn status(State(ctx): State<Ctx>) -> Result<Json<NodeStatus>, ApiError> {
         pieces: s.pieces,
         used: s.used,
         capacity: s.capacity,
+        free: s.free,
         announcing: s.announcing,
     }))
 }

@@ -479,8 +479,12 @@ fn run() -> Result<()> {
                     s.connected_peers,
                     s.routing_table
                 )?;
+                let disk_bound = match s.free < s.capacity.saturating_sub(s.used) {
+                    true => format!(" (the disk has room for {} more)", ByteSize(s.free)),
+                    false => String::new(),
+                };
                 out!(
-                    "pieces      {}, {} of {}",
+                    "pieces      {}, {} of {}{disk_bound}",
                     s.pieces,
                     ByteSize(s.used),
                     ByteSize(s.capacity)

@@ -314,6 +314,8 @@ pub struct Status {
     pub pieces: u64,
     pub used: u64,
     pub capacity: u64,
+    /// Bytes offers may still take: capacity left, bounded by the disk.
+    pub free: u64,
     /// Announcement rounds completed since start.
     pub announce_rounds: u64,
     pub announced: u64,
@@ -1193,6 +1195,7 @@ impl EventLoop {
                 s.pieces = self.store.count();
                 s.used = self.store.used();
                 s.capacity = self.store.limits().capacity;
+                s.free = self.store.free();
                 let _ = reply.send(s);
             }
         }
