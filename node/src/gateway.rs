@@ -9,8 +9,9 @@
 //!   without the trailing `/` is redirected to it;
 //! - `?format=raw` (or `Accept: application/vnd.ipld.raw`): one block;
 //! - `?format=car` (or `Accept: application/vnd.ipld.car`): a CAR v1 of the
-//!   blocks of the path, then of the DAG it ends at (`dag-scope=all`, or
-//!   `block` for its root block alone), depth-first, each block once.
+//!   blocks of the path, then of the DAG it ends at (`dag-scope=all`;
+//!   `entity`, which stops at a directory's entries; or `block`, its root
+//!   block alone), depth-first, each block once.
 //!
 //! Sealed content is not served: its handle holds its key, and URLs leak.
 
@@ -374,10 +375,11 @@ fn verifiable(kind: &str, etag: &str, file: &str, body: impl IntoResponse) -> Re
 async fn car(content: Arc<Content>, asked: &Asked<'_>) -> Result<Response, Failure> {
     let scope = match asked.query.dag_scope.as_deref() {
         None | Some("all") => Scope::All,
+        Some("entity") => Scope::Entity,
         Some("block") => Scope::Block,
         Some(other) => {
             return Err(bad(format!(
-                "dag-scope={other} is not served: all (the default) or block"
+                "dag-scope={other} is not served: all (the default), entity or block"
             )));
         }
     };
@@ -391,6 +393,7 @@ async fn car(content: Arc<Content>, asked: &Asked<'_>) -> Result<Response, Failu
     .await?;
     let scope = match scope {
         Scope::All => "all",
+        Scope::Entity => "entity",
         Scope::Block => "block",
     };
     let kind = format!("{CAR}; version=1; order=dfs; dups=n");

@@ -209,6 +209,23 @@ fn the_gateway_serves_a_collection_to_browsers_and_ipfs_clients() -> Result<()> 
     std::fs::write(&car, &r.body)?;
     let read = reference::read_car_at(&car, "cover.png")?;
     ensure!(read.sha256 == sha256_hex(&cover), "the whole cover");
+    let all = count_blocks(&r.body)?;
+    let r = client.get(&format!("{root}/cover.png?format=car&dag-scope=entity"))?;
+    ensure!(
+        count_blocks(&r.body)? == all,
+        "a file as an entity is all of it"
+    );
+    // A directory as an entity is its node; a sharded one, its shards,
+    // without what is under them (the tokens, and `extra/` with its note).
+    let r = client.get(&format!("{root}?format=car&dag-scope=entity"))?;
+    ensure!(count_blocks(&r.body)? == 1);
+    let r = client.get(&format!("{root}/meta?format=car&dag-scope=entity"))?;
+    let shards = count_blocks(&r.body)? - 1;
+    let r = client.get(&format!("{root}/meta?format=car"))?;
+    ensure!(
+        shards > 1 && count_blocks(&r.body)? == 1 + shards + TOKENS + 2,
+        "{shards} shards"
+    );
 
     // What is wrong says so.
     for (path, status, says) in [

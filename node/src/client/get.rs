@@ -298,8 +298,16 @@ impl Content {
             bail!("sealed content is read by its handle: its blocks are ciphertext");
         }
         let mut source = self.source();
-        let (_, span) = self.resolve(&mut source)?;
-        if scope == unixfs::Scope::All {
+        let (cid, span) = self.resolve(&mut source)?;
+        // A directory as an entity is its shards at most: not its span.
+        let whole = match scope {
+            unixfs::Scope::All => true,
+            unixfs::Scope::Entity => {
+                matches!(unixfs::stat(&mut source, &cid)?, unixfs::Kind::File { .. })
+            }
+            unixfs::Scope::Block => false,
+        };
+        if whole {
             source.set_plan(self.manifest.segments_for(span).collect());
         }
         Ok(unixfs::export(

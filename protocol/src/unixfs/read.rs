@@ -414,6 +414,10 @@ pub fn stat(source: &mut impl BlockSource, cid: &Cid) -> Result<Kind, ReadError>
 pub enum Scope {
     /// The terminus's root block only.
     Block,
+    /// What verifies the terminus as an entity: a file's whole DAG; a
+    /// directory's node, or all shards of a sharded one, without the
+    /// entries under it.
+    Entity,
     /// The terminus's whole DAG.
     All,
 }
@@ -460,8 +464,28 @@ pub fn export(
         if scope == Scope::Block || cid.codec() != DAG_PB {
             continue;
         }
-        let node = PbNode::from_bytes(bytes).map_err(|e| malformed(&cid, e.to_string()))?;
-        stack.extend(node.links.iter().rev().map(|l| l.cid));
+        let links = match scope {
+            Scope::Entity => {
+                let node = decode_node(&cid, bytes)?;
+                match node.data.r#type() {
+                    DataType::Directory => continue,
+                    // Only the links to shards: an entry's is its slot
+                    // and its name, a shard's the slot alone.
+                    DataType::HamtShard => node
+                        .links
+                        .into_iter()
+                        .filter(|l| l.name.as_ref().is_some_and(|n| n.len() == 2))
+                        .collect(),
+                    _ => node.links,
+                }
+            }
+            _ => {
+                PbNode::from_bytes(bytes)
+                    .map_err(|e| malformed(&cid, e.to_string()))?
+                    .links
+            }
+        };
+        stack.extend(links.iter().rev().map(|l| l.cid));
     }
     Ok(dir)
 }
@@ -781,6 +805,15 @@ mod tests {
         let cids: Vec<Cid> = blocks.0.iter().map(|(c, _)| *c).collect();
         assert_eq!(cids, [root, sub, big]);
 
+        // A file as an entity is all of it; a directory, its node alone.
+        let mut blocks = Ordered::default();
+        export(&mut store.0, &root, &path, Scope::Entity, &mut blocks).expect("export");
+        assert_eq!(blocks.0.len(), 6);
+        let mut blocks = Ordered::default();
+        export(&mut store.0, &root, &[], Scope::Entity, &mut blocks).expect("export");
+        let cids: Vec<Cid> = blocks.0.iter().map(|(c, _)| *c).collect();
+        assert_eq!(cids, [root]);
+
         let err = export(
             &mut store.0,
             &root,
@@ -790,6 +823,27 @@ mod tests {
         )
         .expect_err("no such entry");
         assert!(matches!(err, ReadError::NotFound { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_sharded_directory_as_an_entity_is_its_shards() {
+        let mut store = Store::default();
+        let file = import_file(&b"token"[..], &mut store).expect("import");
+        let mut dir = DirectoryBuilder::new();
+        // 4,000 entries of ≈ 80 bytes of name and CID: sharded, two levels.
+        for i in 0..4000 {
+            dir.add(&format!("{i:040}.json"), file).expect("name");
+        }
+        let root = dir.finish(&mut store).expect("dir").cid;
+        let mut blocks = Ordered::default();
+        export(&mut store.0, &root, &[], Scope::Entity, &mut blocks).expect("export");
+        let shards = store.0.len() - 1; // all but the one file block
+        assert!(shards > 1, "{shards}");
+        assert_eq!(blocks.0.len(), shards, "the shards, not the file");
+        assert!(blocks.0.iter().all(|(c, _)| c.codec() == DAG_PB));
+        let mut blocks = Ordered::default();
+        export(&mut store.0, &root, &[], Scope::All, &mut blocks).expect("export");
+        assert_eq!(blocks.0.len(), shards + 1);
     }
 
     #[test]
