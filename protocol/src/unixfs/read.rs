@@ -550,6 +550,46 @@ mod tests {
     }
 
     #[test]
+    fn leaves_of_unixfs_type_raw_read_as_file_leaves() {
+        // As js-ipfs and kubo's trickle layout write CIDv0 leaves.
+        let mut store = Store::default();
+        let chunks: [&[u8]; 2] = [b"first leaf, ", b"second leaf"];
+        let leaves: Vec<_> = chunks
+            .iter()
+            .map(|c| {
+                let data = Data {
+                    r#type: DataType::Raw as i32,
+                    data: Some(c.to_vec()),
+                    filesize: Some(c.len() as u64),
+                    ..Default::default()
+                };
+                super::super::import::write_node(Vec::new(), data, cid::Version::V0, &mut store)
+                    .expect("in memory")
+            })
+            .collect();
+        let links = leaves
+            .iter()
+            .map(|l| ipld_dagpb::PbLink {
+                cid: l.cid,
+                name: Some(String::new()),
+                size: Some(l.dag_size),
+            })
+            .collect();
+        let data = Data {
+            r#type: DataType::File as i32,
+            filesize: Some(23),
+            blocksizes: chunks.iter().map(|c| c.len() as u64).collect(),
+            ..Default::default()
+        };
+        let root = super::super::import::write_node(links, data, cid::Version::V0, &mut store)
+            .expect("in memory")
+            .cid;
+        assert_eq!(read(&mut store, &root, 0, None), b"first leaf, second leaf");
+        assert_eq!(read(&mut store, &root, 6, Some(10)), b"leaf, seco");
+        assert!(leaves.iter().all(|l| is_leaf(&l.cid, &store.0[&l.cid])));
+    }
+
+    #[test]
     fn ranges_across_chunk_and_node_boundaries() {
         let data = content((MAX_LINKS + 2) * CHUNK_SIZE + 17);
         let mut store = Store::default();
