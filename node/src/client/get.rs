@@ -84,6 +84,12 @@ pub struct GetStats {
 #[error("{0} is unknown to the network: no node has its manifest")]
 pub struct Unknown(pub Cid);
 
+/// Whether a file of `blocks` blocks, `bytes` bytes of stream, is read
+/// alone block by block when named by a path, not in its segments.
+fn small_file(blocks: usize, bytes: u64, manifest: &Manifest) -> bool {
+    blocks <= READ_ALONE_BLOCKS && bytes < manifest.piece_len(0)
+}
+
 /// Blocks of a segment kept after it is read.
 const SEGMENTS_CACHED: usize = 2;
 /// Blocks read alone, one by one, rather than in segments: those of a file
@@ -223,7 +229,8 @@ impl Content {
         };
         let mut starts = self.block_starts().filter(|at| span.contains(at));
         let aligned = starts.next() == Some(span.start);
-        let few = starts.count() < READ_ALONE_BLOCKS && span.end - span.start < m.piece_len(0);
+        // `starts` has given the first block: count it back.
+        let few = small_file(starts.count() + 1, span.end - span.start, m);
         match aligned && !few {
             true => Ok((entry.cid, span)),
             false => Ok((entry.cid, 0..0)),
@@ -876,7 +883,7 @@ impl BlockSource for NetSource<'_> {
         }
         let m = &self.content.manifest;
         let bytes: u64 = spans.iter().map(|s| s.end - s.start).sum();
-        if self.by_path && spans.len() < READ_ALONE_BLOCKS && bytes < m.piece_len(0) {
+        if self.by_path && small_file(spans.len(), bytes, m) {
             return;
         }
         let mut plan: BTreeSet<u64> = self.plan.drain(..).collect();
