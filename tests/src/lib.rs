@@ -164,11 +164,12 @@ pub mod procs {
     //! are the workspace's own, built beside the test executable
     //! (`scripts/test` builds them first).
 
+    use std::collections::VecDeque;
     use std::fs::File;
     use std::io::{BufRead as _, BufReader, Write as _};
     use std::path::{Path, PathBuf};
     use std::process::{Child, Command, Stdio};
-    use std::sync::mpsc;
+    use std::sync::{Mutex, mpsc};
     use std::time::Duration;
 
     use anyhow::{Context as _, Result, bail};
@@ -195,6 +196,9 @@ pub mod procs {
     pub struct Proc {
         child: Child,
         stderr: mpsc::Receiver<String>,
+        /// Log lines read by a `wait_log` that did not match it, in order:
+        /// a later wait still sees them.
+        passed: Mutex<VecDeque<String>>,
         pub peer_id: String,
         /// Listen addresses with `/p2p/<peer id>`, as printed.
         pub addrs: Vec<String>,
@@ -252,6 +256,7 @@ pub mod procs {
             Ok(Proc {
                 child,
                 stderr: err_rx,
+                passed: Mutex::default(),
                 peer_id: peer_id.context("no peer id printed")?,
                 addrs,
                 log,
@@ -281,13 +286,20 @@ pub mod procs {
         }
 
         /// Waits up to `limit` for a log line `matches` accepts; returns it.
+        /// Each line is matched once at most: the line returned is used up,
+        /// the lines before it that did not match stay for later waits, so
+        /// two events logged in either order are both found.
         pub fn wait_log(&self, limit: Duration, matches: impl Fn(&str) -> bool) -> Result<String> {
+            let mut passed = self.passed.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(i) = passed.iter().position(|l| matches(l)) {
+                return Ok(passed.remove(i).unwrap_or_default());
+            }
             let deadline = std::time::Instant::now() + limit;
             loop {
                 let left = deadline.saturating_duration_since(std::time::Instant::now());
                 match self.stderr.recv_timeout(left) {
                     Ok(line) if matches(&line) => return Ok(line),
-                    Ok(_) => {}
+                    Ok(line) => passed.push_back(line),
                     Err(_) => {
                         let logs = self.logs();
                         let lines: Vec<&str> = logs.lines().collect();
@@ -299,6 +311,14 @@ pub mod procs {
                     }
                 }
             }
+        }
+
+        /// Forgets the lines logged so far that no wait has used, so later
+        /// waits see only what is logged from now on (a second occurrence).
+        pub fn forget_logs(&self) {
+            let mut passed = self.passed.lock().unwrap_or_else(|e| e.into_inner());
+            passed.clear();
+            while self.stderr.try_recv().is_ok() {}
         }
 
         /// The process's log so far.
@@ -436,6 +456,30 @@ pub mod procs {
                 .args(["-TERM", &self.child.id().to_string()])
                 .status();
             let _ = self.child.wait();
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use anyhow::ensure;
+
+        /// Two events logged in the other order than they are waited for
+        /// are both found; `forget_logs` drops the lines no wait took.
+        #[test]
+        fn a_wait_leaves_the_lines_it_passes_to_later_waits() -> Result<()> {
+            let dir = tempfile::tempdir()?;
+            let script = "echo 'peer id: p'; echo 'listening on /x'; \
+                          echo second >&2; echo first >&2; echo first >&2; echo last >&2";
+            let p = Proc::spawn(Path::new("sh"), &["-c", script], dir.path().join("log"))?;
+            let limit = Duration::from_secs(10);
+            p.wait_log(limit, |l| l == "first")?;
+            p.wait_log(limit, |l| l == "second")?;
+            p.wait_log(limit, |l| l == "last")?;
+            // The second "first" came before "last": passed, not used up.
+            p.forget_logs();
+            ensure!(p.wait_log(Duration::ZERO, |l| l == "first").is_err());
+            Ok(())
         }
     }
 }
