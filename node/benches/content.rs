@@ -1,6 +1,9 @@
 //! Add and get throughput on a local network (issue #4), each printed next
 //! to the limit measured in the same run: one libp2p TCP+Noise+Yamux stream
-//! on loopback, the transport every piece crosses.
+//! on loopback, the transport every piece crosses, opened as an application
+//! opens one (a `Swarm` in each of two processes, `libp2p-stream`). For
+//! comparison it also prints the transport alone, with no swarm: both ends
+//! in this process, driving the muxer directly, as no application can.
 //!
 //! `cargo build --release --bins && cargo bench -p cairn-node --bench content`
 //! starts `cairn devnet` (12 storage nodes), then times `cairn add` and
@@ -9,7 +12,7 @@
 //! the nodes.
 #![allow(clippy::print_stdout, clippy::unwrap_used)]
 
-use std::io::Write as _;
+use std::io::{BufRead as _, BufReader, Write as _};
 use std::process::{Command, Stdio};
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -22,10 +25,15 @@ use libp2p::core::muxing::{StreamMuxerBox, StreamMuxerExt as _, SubstreamBox};
 use libp2p::core::transport::{DialOpts, ListenerId, PortUse, TransportEvent};
 use libp2p::core::upgrade::Version;
 use libp2p::core::{Endpoint, Transport as _};
-use libp2p::{Multiaddr, PeerId, identity, noise, tcp, yamux};
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, identity, noise, tcp, yamux};
 use rand::{RngCore as _, SeedableRng as _};
 
 const MB: f64 = 1e6;
+/// Set in the environment of the limit's receiving process.
+const RECEIVER: &str = "CAIRN_BENCH_RECEIVER";
+const LIMIT_PROTOCOL: StreamProtocol = StreamProtocol::new("/cairn-bench/limit/1");
 
 fn env_u64(name: &str, default: u64) -> Result<u64> {
     match std::env::var(name) {
@@ -34,7 +42,97 @@ fn env_u64(name: &str, default: u64) -> Result<u64> {
     }
 }
 
-// ---- the limit: one stream ----
+// ---- the limit: one stream between two swarms ----
+
+fn swarm() -> Result<Swarm<libp2p_stream::Behaviour>> {
+    Ok(libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default(),
+            noise::Config::new,
+            yamux::Config::default,
+        )?
+        .with_behaviour(|_| libp2p_stream::Behaviour::new())?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build())
+}
+
+/// The receiving process: prints its address, reads one stream to its
+/// end, prints the byte count.
+async fn receiver() -> Result<()> {
+    let mut swarm = swarm()?;
+    let mut incoming = swarm.behaviour().new_control().accept(LIMIT_PROTOCOL)?;
+    swarm.listen_on("/ip4/127.0.0.1/tcp/0".parse()?)?;
+    let id = *swarm.local_peer_id();
+    loop {
+        if let SwarmEvent::NewListenAddr { address, .. } = swarm.select_next_some().await {
+            println!("{address}/p2p/{id}");
+            std::io::stdout().flush()?;
+            break;
+        }
+    }
+    tokio::spawn(async move {
+        loop {
+            swarm.select_next_some().await;
+        }
+    });
+    let (_, mut stream) = incoming.next().await.context("no stream")?;
+    let (mut buf, mut total) = (vec![0u8; 1 << 20], 0u64);
+    loop {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+    }
+    println!("{total}");
+    Ok(())
+}
+
+/// MB/s of `bytes` on one stream from this process to a receiving one
+/// (this binary again), timed from the first write until the receiver
+/// reports it has read the last byte.
+async fn two_swarms(bytes: u64) -> Result<f64> {
+    let mut child = Command::new(std::env::current_exe()?)
+        .env(RECEIVER, "1")
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut lines = BufReader::new(child.stdout.take().context("no stdout")?).lines();
+    let mut line = || -> Result<String> { Ok(lines.next().context("the receiver stopped")??) };
+    let addr: Multiaddr = line()?.parse()?;
+    let Some(Protocol::P2p(peer)) = addr.iter().last() else {
+        anyhow::bail!("{addr} names no peer");
+    };
+    let mut swarm = swarm()?;
+    let mut control = swarm.behaviour().new_control();
+    swarm.dial(addr)?;
+    let driver = tokio::spawn(async move {
+        loop {
+            swarm.select_next_some().await;
+        }
+    });
+    let mut stream = control
+        .open_stream(peer, LIMIT_PROTOCOL)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot open the stream: {e}"))?;
+    let chunk = vec![0x5a; 1 << 20];
+    let start = Instant::now();
+    let mut sent = 0;
+    while sent < bytes {
+        stream.write_all(&chunk).await?;
+        sent += chunk.len() as u64;
+    }
+    stream.close().await?;
+    // Blocks this thread only: the swarm runs on the workers.
+    let got: u64 = line()?.parse()?;
+    let secs = start.elapsed().as_secs_f64();
+    driver.abort();
+    ensure!(child.wait()?.success(), "the receiver failed");
+    ensure!(got == sent, "received {got} of {sent} bytes");
+    Ok(sent as f64 / secs / MB)
+}
+
+// ---- for comparison: the transport alone, no swarm ----
 
 fn transport(
     key: &identity::Keypair,
@@ -80,7 +178,9 @@ async fn open(muxer: &mut StreamMuxerBox, side: Endpoint) -> std::io::Result<Sub
 }
 
 /// MB/s of `bytes` through one TCP+Noise+Yamux stream between two
-/// transports in this process (one task each, on two worker threads).
+/// transports in this process (one task each, on two worker threads), each
+/// task driving its connection itself: no swarm, no task between the
+/// connection and the stream.
 async fn one_stream(bytes: u64) -> Result<f64> {
     let mut listener = transport(&identity::Keypair::generate_ed25519())?;
     listener.listen_on(ListenerId::next(), "/ip4/127.0.0.1/tcp/0".parse()?)?;
@@ -185,6 +285,9 @@ fn timed(net: &Devnet, args: &[&str]) -> Result<(f64, f64, String)> {
 }
 
 fn main() -> Result<()> {
+    if std::env::var_os(RECEIVER).is_some() {
+        return tokio::runtime::Runtime::new()?.block_on(receiver());
+    }
     let mib = env_u64("CAIRN_BENCH_MIB", 1024)?;
     let nodes = env_u64("CAIRN_BENCH_NODES", 12)?;
     let bytes = mib << 20;
@@ -195,15 +298,18 @@ fn main() -> Result<()> {
         .build()?;
     // One transfer swings by a quarter between runs here: take the median
     // of three.
-    let mut runs = (0..3)
-        .map(|_| runtime.block_on(one_stream(bytes)))
-        .collect::<Result<Vec<f64>>>()?;
+    let median = |f: &dyn Fn() -> Result<f64>| -> Result<[f64; 3]> {
+        let mut runs = [f()?, f()?, f()?];
+        runs.sort_by(f64::total_cmp);
+        Ok(runs)
+    };
+    let runs = median(&|| runtime.block_on(two_swarms(bytes)))?;
+    let bare = median(&|| runtime.block_on(one_stream(bytes)))?;
     drop(runtime);
-    runs.sort_by(f64::total_cmp);
     let limit = runs[1];
     println!(
-        "limit: one libp2p TCP+Noise+Yamux stream on loopback: {limit:.0} MB/s (median of {:.0}, {:.0}, {:.0})",
-        runs[0], runs[1], runs[2]
+        "limit: one libp2p TCP+Noise+Yamux stream on loopback between two processes: {limit:.0} MB/s (median of {:.0}, {:.0}, {:.0}); the transport alone, no swarm, in one process: {:.0} MB/s (median of {:.0}, {:.0}, {:.0})",
+        runs[0], runs[1], runs[2], bare[1], bare[0], bare[1], bare[2]
     );
 
     let work = tempfile::tempdir()?;
