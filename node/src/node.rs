@@ -26,6 +26,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 
 use crate::identity;
+use crate::net::provide;
 use crate::net::providers::{self, ProviderStore};
 use crate::net::relay_slots::{self, RelaySlots};
 use crate::net::walks::{self, Walks};
@@ -599,6 +600,7 @@ impl Node {
             done_tx,
             done_rx,
             jobs: JoinSet::new(),
+            announcing: JoinSet::new(),
             permits: permits.clone(),
             awaiting: Awaiting::default(),
             lookups: HashMap::new(),
@@ -814,16 +816,47 @@ pub(crate) fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// The announcement schedule: a round walks the piece index in order,
-/// keeping `concurrency` provider announcements in flight; freshly stored
-/// pieces go first. A plain state machine: the loop feeds it events.
+/// The announcement schedule: a round walks the piece index in order;
+/// freshly stored pieces go first. On a network smaller than a bucket the
+/// keys go out by batch, one stream per server ([`provide`]); on a larger
+/// one key by key, `concurrency` kad announcements in flight. A walk of the
+/// network tells which, and is trusted for [`provide::VIEW_FOR`]. A plain
+/// state machine: the loop feeds it events.
 struct Announcer {
     concurrency: usize,
     fresh: VecDeque<Cid>,
+    /// When the oldest of `fresh` came: a batch waits [`provide::LINGER`]
+    /// for company.
+    fresh_since: Option<Instant>,
     in_flight: HashMap<QueryId, Cid>,
+    /// Keys of the batch being sent (one batch at a time); 0 if none.
+    batch: usize,
+    /// What the last walk of the network found, and when.
+    view: Option<(View, Instant)>,
+    /// The walk that renews `view`.
+    viewing: Option<QueryId>,
     round: Option<Round>,
     next_round: Option<Instant>,
     status: Status,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum View {
+    /// Fewer DHT servers than a bucket holds: every one of them.
+    Everyone(Vec<PeerId>),
+    /// As many or more: each key walks to its own closest servers.
+    Large,
+}
+
+/// What to do about the keys waiting to be announced.
+#[derive(Debug, PartialEq)]
+enum Plan {
+    Wait,
+    /// Walk the network to find out its size.
+    Walk,
+    /// Send a batch to these servers.
+    Batch(Vec<PeerId>),
+    KeyByKey,
 }
 
 struct Round {
@@ -843,17 +876,22 @@ impl Announcer {
         Announcer {
             concurrency: concurrency.max(1),
             fresh: VecDeque::new(),
+            fresh_since: None,
             in_flight: HashMap::new(),
+            batch: 0,
+            view: None,
+            viewing: None,
             round: None,
             next_round: None,
             status: Status::default(),
         }
     }
 
-    fn stored(&mut self, keys: Vec<Cid>) {
+    fn stored(&mut self, keys: Vec<Cid>, now: Instant) {
         for key in keys {
             if self.fresh.len() < FRESH {
                 self.fresh.push_back(key);
+                self.fresh_since.get_or_insert(now);
             }
         }
     }
@@ -876,10 +914,66 @@ impl Announcer {
         self.round.is_none() && self.next_round.is_none() && self.status.announce_rounds == 0
     }
 
-    /// The next pieces to announce, up to the free concurrency.
-    fn next(&mut self, store: &Store) -> Vec<Cid> {
-        let room = self.concurrency.saturating_sub(self.in_flight.len());
+    /// Whether the round has pieces of the index still to take.
+    fn walking_index(&self) -> bool {
+        self.round.as_ref().is_some_and(|r| !r.walked)
+    }
+
+    fn plan(&self, now: Instant) -> Plan {
+        if self.fresh.is_empty() && !self.walking_index() {
+            return Plan::Wait;
+        }
+        match &self.view {
+            Some((view, at)) if now < *at + provide::VIEW_FOR => match view {
+                View::Large => Plan::KeyByKey,
+                View::Everyone(servers) if self.batch == 0 && self.batch_due(now) => {
+                    Plan::Batch(servers.clone())
+                }
+                View::Everyone(_) => Plan::Wait,
+            },
+            _ if self.viewing.is_none() => Plan::Walk,
+            _ => Plan::Wait,
+        }
+    }
+
+    /// A batch goes when it is full, when the round's keys are in it (they
+    /// need not wait), or when its oldest key has waited long enough.
+    fn batch_due(&self, now: Instant) -> bool {
+        self.fresh.len() >= provide::BATCH
+            || self.walking_index()
+            || self.fresh_since.is_some_and(|t| now >= t + provide::LINGER)
+    }
+
+    /// When a batch waiting for company is due, if one is.
+    fn batch_wakeup(&self, now: Instant) -> Option<Instant> {
+        let everyone =
+            matches!(&self.view, Some((View::Everyone(_), at)) if now < *at + provide::VIEW_FOR);
+        let waiting = everyone && self.batch == 0 && self.viewing.is_none();
+        self.fresh_since
+            .filter(|_| waiting)
+            .map(|t| t + provide::LINGER)
+    }
+
+    fn viewed(&mut self, id: QueryId, found: &[PeerId], now: Instant) -> bool {
+        if self.viewing != Some(id) {
+            return false;
+        }
+        self.viewing = None;
+        let view = if found.len() < kad::K_VALUE.get() {
+            View::Everyone(found.to_vec())
+        } else {
+            View::Large
+        };
+        self.view = Some((view, now));
+        true
+    }
+
+    /// Up to `room` keys to announce next.
+    fn next(&mut self, store: &Store, room: usize) -> Vec<Cid> {
         let mut out: Vec<Cid> = (0..room).map_while(|_| self.fresh.pop_front()).collect();
+        if self.fresh.is_empty() {
+            self.fresh_since = None;
+        }
         if let Some(round) = self.round.as_mut().filter(|r| !r.walked)
             && out.len() < room
         {
@@ -895,23 +989,40 @@ impl Announcer {
         out
     }
 
-    fn done(&mut self, id: QueryId, requests: u32) {
-        if self.in_flight.remove(&id).is_none() {
-            return;
-        }
-        self.status.announced += 1;
-        self.status.announce_requests += u64::from(requests);
+    /// Up to the free concurrency of keys to announce one by one.
+    fn next_keys(&mut self, store: &Store) -> Vec<Cid> {
+        let room = self.concurrency.saturating_sub(self.in_flight.len());
+        self.next(store, room)
+    }
+
+    fn announced(&mut self, keys: u64, requests: u64) {
+        self.status.announced += keys;
+        self.status.announce_requests += requests;
         if let Some(round) = self.round.as_mut() {
-            round.announced += 1;
+            round.announced += keys;
         }
+    }
+
+    fn done(&mut self, id: QueryId, requests: u32) {
+        if self.in_flight.remove(&id).is_some() {
+            self.announced(1, u64::from(requests));
+        }
+    }
+
+    fn batch_done(&mut self, keys: usize, streams: usize) {
+        self.batch = 0;
+        self.announced(keys as u64, streams as u64);
+    }
+
+    /// Keys waiting or being announced.
+    fn pending(&self) -> usize {
+        self.fresh.len() + self.in_flight.len() + self.batch
     }
 
     /// Ends the round once the walk ended and its last announcements are back.
     fn finish_round(&mut self, now: Instant, interval: Duration) {
-        let Some(round) = self
-            .round
-            .take_if(|r| r.walked && self.in_flight.is_empty())
-        else {
+        let idle = self.in_flight.is_empty() && self.batch == 0;
+        let Some(round) = self.round.take_if(|r| r.walked && idle) else {
             return;
         };
         let took = now - round.started;
@@ -927,6 +1038,11 @@ impl Announcer {
 }
 
 enum Done {
+    /// A batch of announcements sent: its keys, the streams it opened.
+    Announced {
+        keys: usize,
+        streams: usize,
+    },
     /// The answer, and the keys to announce for what was stored.
     Store(ResponseChannel<StoreResponse>, Box<StoreResponse>, Vec<Cid>),
     Fetch(ResponseChannel<FetchResponse>, FetchResponse),
@@ -944,6 +1060,8 @@ struct EventLoop {
     done_tx: mpsc::Sender<Done>,
     done_rx: mpsc::Receiver<Done>,
     jobs: JoinSet<()>,
+    /// The batch of announcements being sent; dropped, not awaited, at stop.
+    announcing: JoinSet<()>,
     permits: Arc<Semaphore>,
     awaiting: Awaiting,
     /// Provider lookups: found so far, whether the first find ends it.
@@ -987,6 +1105,7 @@ impl EventLoop {
         walk_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let next_round = self.announcer.next_round;
+            let batch_due = self.announcer.batch_wakeup(Instant::now());
             let relay_check = self.relays.next_check();
             tokio::select! {
                 stop = &mut shutdown => {
@@ -1006,11 +1125,13 @@ impl EventLoop {
                 _ = flush.tick() => self.flush(),
                 _ = walk_check.tick(), if !self.walks.is_empty() => self.end_stalled_walks(),
                 () = sleep_until(next_round) => self.announcer.start_round(Instant::now()),
+                () = sleep_until(batch_due) => {}
                 () = sleep_until(relay_check) => {
                     let due = self.relays.due(Instant::now(), false);
                     self.ask_relays(due);
                 }
                 Some(_) = self.jobs.join_next() => {}
+                Some(_) = self.announcing.join_next() => {}
             }
             self.announce();
         }
@@ -1048,18 +1169,67 @@ impl EventLoop {
     }
 
     fn announce(&mut self) {
-        for piece in self.announcer.next(&self.store) {
-            let key = RecordKey::new(&piece.to_bytes());
-            match self.swarm.behaviour_mut().kad.start_providing(key) {
-                Ok(id) => {
-                    self.announcer.in_flight.insert(id, piece);
-                    self.walks.start(id, Instant::now());
+        let now = Instant::now();
+        match self.announcer.plan(now) {
+            Plan::Wait => {}
+            Plan::Walk => {
+                let me = *self.swarm.local_peer_id();
+                let id = self.swarm.behaviour_mut().kad.get_closest_peers(me);
+                self.announcer.viewing = Some(id);
+                self.walks.start(id, now);
+            }
+            Plan::Batch(servers) => {
+                let keys = self.announcer.next(&self.store, provide::BATCH);
+                self.send_batch(keys, servers);
+            }
+            Plan::KeyByKey => {
+                for piece in self.announcer.next_keys(&self.store) {
+                    let key = RecordKey::new(&piece.to_bytes());
+                    match self.swarm.behaviour_mut().kad.start_providing(key) {
+                        Ok(id) => {
+                            self.announcer.in_flight.insert(id, piece);
+                            self.walks.start(id, now);
+                        }
+                        Err(e) => tracing::warn!(%piece, error = %e, "cannot announce piece"),
+                    }
                 }
-                Err(e) => tracing::warn!(%piece, error = %e, "cannot announce piece"),
             }
         }
         let interval = self.config.clock.to_real(self.config.announce_interval);
-        self.announcer.finish_round(Instant::now(), interval);
+        self.announcer.finish_round(now, interval);
+    }
+
+    /// Records this node as the provider of `keys` and sends an
+    /// `ADD_PROVIDER` for each to every server, one stream each.
+    fn send_batch(&mut self, keys: Vec<Cid>, servers: Vec<PeerId>) {
+        if keys.is_empty() {
+            return;
+        }
+        let me = *self.swarm.local_peer_id();
+        let addrs: Vec<Multiaddr> = self.swarm.external_addresses().cloned().collect();
+        let b = self.swarm.behaviour_mut();
+        for key in &keys {
+            let record = kad::ProviderRecord::new(RecordKey::new(&key.to_bytes()), me, Vec::new());
+            if let Err(e) = kad::store::RecordStore::add_provider(b.kad.store_mut(), record) {
+                tracing::warn!(%key, error = %e, "cannot record this node as provider");
+            }
+        }
+        let frames = provide::add_provider_frames(&keys, me, &addrs);
+        let control = b.streams.new_control();
+        let done = self.done_tx.clone();
+        self.announcer.batch = keys.len();
+        self.announcing.spawn(async move {
+            let sends = servers
+                .iter()
+                .map(|&server| provide::send(control.clone(), server, &frames));
+            for (server, sent) in servers.iter().zip(futures::future::join_all(sends).await) {
+                if let Err(e) = sent {
+                    tracing::debug!(%server, error = %e, "announcement batch not delivered");
+                }
+            }
+            let (keys, streams) = (keys.len(), servers.len());
+            let _ = done.send(Done::Announced { keys, streams }).await;
+        });
     }
 
     fn expire(&mut self) {
@@ -1112,8 +1282,9 @@ impl EventLoop {
         let b = self.swarm.behaviour_mut();
         // A peer that went away cannot get its answer; nothing else to do.
         match done {
+            Done::Announced { keys, streams } => self.announcer.batch_done(keys, streams),
             Done::Store(ch, resp, keys) => {
-                self.announcer.stored(keys);
+                self.announcer.stored(keys, Instant::now());
                 let _ = b.store.send_response(ch, *resp);
             }
             Done::Fetch(ch, resp) => {
@@ -1189,7 +1360,7 @@ impl EventLoop {
             Command::Intercept { pieces, to } => self.intercepted = Some((pieces, to)),
             Command::Status { reply } => {
                 let mut s = self.announcer.status.clone();
-                s.announcing = self.announcer.fresh.len() + self.announcer.in_flight.len();
+                s.announcing = self.announcer.pending();
                 s.connected_peers = connected_peers;
                 s.routing_table = b.kad.kbuckets().map(|k| k.num_entries()).sum();
                 s.pieces = self.store.count();
@@ -1321,7 +1492,10 @@ impl EventLoop {
                         Ok(ok) => ok.peers,
                         Err(kad::GetClosestPeersError::Timeout { peers, .. }) => peers,
                     };
-                    let ids = peers.iter().map(|p| p.peer_id).collect();
+                    let ids: Vec<PeerId> = peers.iter().map(|p| p.peer_id).collect();
+                    if self.announcer.viewed(id, &ids, Instant::now()) {
+                        tracing::debug!(servers = ids.len(), "walked the network to announce");
+                    }
                     for info in peers {
                         for addr in info.addrs {
                             self.swarm.add_peer_address(info.peer_id, addr);

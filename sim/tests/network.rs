@@ -125,3 +125,54 @@ async fn partitions_cut_groups_apart_until_healed_and_slow_nodes_answer_late() -
     net.shutdown().await;
     Ok(())
 }
+
+/// On a network smaller than a bucket a node announces what it stores by
+/// batch, one stream per DHT server for all its keys: the other servers
+/// keep its records (the DHT still names it once it has crashed), and it
+/// sends fewer requests than the walk and stream per key of kad's own
+/// announcements (more than two per server and key).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_pieces_are_announced_by_batch_to_every_server() -> Result<()> {
+    let mut net = Network::start(Config {
+        nodes: 12,
+        seed: 11,
+        ..Config::default()
+    })
+    .await?;
+    let options = AddOptions {
+        piece_size: 64 << 10,
+        ..AddOptions::default()
+    };
+    let added = net.add(&bytes(3 << 20, 4), &options).await?;
+    net.announced().await?;
+    let mut busiest = (0, 0);
+    for i in net.up() {
+        let announced = net.status(i).await?.announced;
+        if announced > busiest.1 {
+            busiest = (i, announced);
+        }
+    }
+    let (holder, announced) = busiest;
+    assert!(announced >= 4, "{announced} keys announced at most");
+    let status = net.status(holder).await?;
+    let servers = net.len() as u64 - 1;
+    assert!(
+        status.announce_requests < announced * servers,
+        "{} requests for {announced} keys",
+        status.announce_requests
+    );
+
+    let peer = net.peer_id(holder);
+    let piece = added
+        .segments
+        .iter()
+        .zip(&added.holders)
+        .flat_map(|(pieces, holders)| pieces.iter().zip(holders))
+        .find_map(|(piece, h)| (*h == Some(peer)).then_some(*piece))
+        .expect("the busiest node holds a piece");
+    net.crash(holder).await?;
+    let found = net.client().await?.providers(piece).await?;
+    assert!(found.contains(&peer), "{found:?}");
+    net.shutdown().await;
+    Ok(())
+}

@@ -2,6 +2,7 @@
 //! swarm is built.
 
 pub mod codec;
+pub mod provide;
 pub mod providers;
 pub mod relay_slots;
 pub mod walks;
@@ -42,6 +43,8 @@ pub struct Behaviour {
     pub autonat: Toggle<autonat::Behaviour>,
     pub relay: Toggle<relay::client::Behaviour>,
     pub kad: kad::Behaviour<ProviderStore>,
+    /// Outbound streams only: Kademlia messages sent by batch ([`provide`]).
+    pub streams: libp2p_stream::Behaviour,
     pub store: StoreProtocol,
     pub fetch: FetchProtocol,
     pub audit: AuditProtocol,
@@ -115,6 +118,7 @@ impl Behaviour {
             ),
             relay: Toggle::from(relay),
             kad: kad::Behaviour::with_config(peer, providers, kad_config(dht_refresh)),
+            streams: libp2p_stream::Behaviour::new(),
             store: request_response::Behaviour::new(
                 [(StreamProtocol::new(STORE_PROTOCOL), support.clone())],
                 rr(60, 32),
