@@ -320,7 +320,8 @@ pub struct Status {
     /// Announcement rounds completed since start.
     pub announce_rounds: u64,
     pub announced: u64,
-    /// Kademlia requests sent for announcements.
+    /// Kademlia requests sent for announcements: walks' requests, and one
+    /// per server and batch.
     pub announce_requests: u64,
     /// Duration of the last completed round.
     pub last_round: Option<Duration>,
@@ -954,11 +955,13 @@ impl Announcer {
             .map(|t| t + provide::LINGER)
     }
 
-    fn viewed(&mut self, id: QueryId, found: &[PeerId], now: Instant) -> bool {
+    /// Takes the outcome of walk `id` if it is the one renewing the view.
+    fn viewed(&mut self, id: QueryId, found: &[PeerId], requests: u32, now: Instant) -> bool {
         if self.viewing != Some(id) {
             return false;
         }
         self.viewing = None;
+        self.status.announce_requests += u64::from(requests);
         let view = if found.len() < kad::K_VALUE.get() {
             View::Everyone(found.to_vec())
         } else {
@@ -1199,23 +1202,16 @@ impl EventLoop {
         self.announcer.finish_round(now, interval);
     }
 
-    /// Records this node as the provider of `keys` and sends an
-    /// `ADD_PROVIDER` for each to every server, one stream each.
+    /// Sends an `ADD_PROVIDER` for each of `keys` to every server, one
+    /// stream each. (This node answers for itself from its piece index.)
     fn send_batch(&mut self, keys: Vec<Cid>, servers: Vec<PeerId>) {
         if keys.is_empty() {
             return;
         }
         let me = *self.swarm.local_peer_id();
         let addrs: Vec<Multiaddr> = self.swarm.external_addresses().cloned().collect();
-        let b = self.swarm.behaviour_mut();
-        for key in &keys {
-            let record = kad::ProviderRecord::new(RecordKey::new(&key.to_bytes()), me, Vec::new());
-            if let Err(e) = kad::store::RecordStore::add_provider(b.kad.store_mut(), record) {
-                tracing::warn!(%key, error = %e, "cannot record this node as provider");
-            }
-        }
         let frames = provide::add_provider_frames(&keys, me, &addrs);
-        let control = b.streams.new_control();
+        let control = self.swarm.behaviour().streams.new_control();
         let done = self.done_tx.clone();
         self.announcer.batch = keys.len();
         self.announcing.spawn(async move {
@@ -1493,7 +1489,8 @@ impl EventLoop {
                         Err(kad::GetClosestPeersError::Timeout { peers, .. }) => peers,
                     };
                     let ids: Vec<PeerId> = peers.iter().map(|p| p.peer_id).collect();
-                    if self.announcer.viewed(id, &ids, Instant::now()) {
+                    let now = Instant::now();
+                    if self.announcer.viewed(id, &ids, stats.num_requests(), now) {
                         tracing::debug!(servers = ids.len(), "walked the network to announce");
                     }
                     for info in peers {
@@ -1921,5 +1918,88 @@ async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at.into()).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_protocol::block;
+
+    /// Two distinct walk IDs (they come only from a Kademlia behaviour).
+    fn walk_ids() -> (QueryId, QueryId) {
+        let peer = PeerId::random();
+        let mut kad = kad::Behaviour::new(peer, kad::store::MemoryStore::new(peer));
+        (kad.get_closest_peers(peer), kad.get_closest_peers(peer))
+    }
+
+    fn keys(n: usize) -> Vec<Cid> {
+        (0..n).map(|i| block::piece_cid(&i.to_le_bytes())).collect()
+    }
+
+    /// A fresh key waits for a walk of the network, then, on a network
+    /// smaller than a bucket, for company (up to LINGER) before its batch
+    /// goes to every server found; a full batch goes at once.
+    #[test]
+    fn fresh_keys_go_by_batch_to_everyone_a_walk_found() {
+        let mut a = Announcer::new(32);
+        let t0 = Instant::now();
+        assert_eq!(a.plan(t0), Plan::Wait, "nothing to announce");
+        a.stored(keys(1), t0);
+        assert_eq!(a.plan(t0), Plan::Walk);
+        let (id, other) = walk_ids();
+        a.viewing = Some(id);
+        assert_eq!(a.plan(t0), Plan::Wait, "the walk is under way");
+        assert_eq!(a.batch_wakeup(t0), None);
+
+        let servers: Vec<PeerId> = (0..11).map(|_| PeerId::random()).collect();
+        assert!(!a.viewed(other, &servers, 11, t0), "another walk");
+        assert!(a.viewed(id, &servers, 11, t0));
+        assert_eq!(a.status.announce_requests, 11);
+        assert_eq!(a.plan(t0), Plan::Wait, "waiting for company");
+        let due = t0 + provide::LINGER;
+        assert_eq!(a.batch_wakeup(t0), Some(due));
+        assert_eq!(a.plan(due), Plan::Batch(servers.clone()));
+
+        // One batch at a time; a full one does not wait.
+        a.batch = 1;
+        a.stored(keys(provide::BATCH), t0);
+        assert_eq!(a.plan(t0), Plan::Wait);
+        assert_eq!(a.batch_wakeup(t0), None);
+        a.batch_done(1, 11);
+        assert_eq!((a.status.announced, a.status.announce_requests), (1, 22));
+        assert_eq!(a.plan(t0), Plan::Batch(servers));
+
+        // The view is trusted for VIEW_FOR, then walked again.
+        assert_eq!(a.plan(t0 + provide::VIEW_FOR), Plan::Walk);
+    }
+
+    /// A walk that finds a bucket's worth of servers or more means a
+    /// network too large to batch for: each key walks to its own closest.
+    #[test]
+    fn a_large_network_is_announced_key_by_key() {
+        let mut a = Announcer::new(32);
+        let t0 = Instant::now();
+        a.stored(keys(1), t0);
+        let (id, _) = walk_ids();
+        a.viewing = Some(id);
+        let servers: Vec<PeerId> = (0..kad::K_VALUE.get()).map(|_| PeerId::random()).collect();
+        assert!(a.viewed(id, &servers, 30, t0));
+        assert_eq!(a.plan(t0), Plan::KeyByKey);
+        assert_eq!(a.batch_wakeup(t0), None);
+    }
+
+    /// A round's keys, read from the piece index, need not wait for company.
+    #[test]
+    fn a_rounds_keys_go_without_lingering() {
+        let mut a = Announcer::new(32);
+        let t0 = Instant::now();
+        a.start_round(t0);
+        assert_eq!(a.plan(t0), Plan::Walk);
+        let (id, _) = walk_ids();
+        a.viewing = Some(id);
+        let servers = vec![PeerId::random()];
+        assert!(a.viewed(id, &servers, 1, t0));
+        assert_eq!(a.plan(t0), Plan::Batch(servers));
     }
 }
