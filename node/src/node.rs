@@ -1012,8 +1012,13 @@ impl Announcer {
         }
     }
 
-    fn batch_done(&mut self, keys: usize, streams: usize) {
+    /// A batch is sent. Servers that never answered leave the view until
+    /// the next walk, so later batches do not wait for them.
+    fn batch_done(&mut self, keys: usize, streams: usize, unreached: &[PeerId]) {
         self.batch = 0;
+        if let Some((View::Everyone(servers), _)) = self.view.as_mut() {
+            servers.retain(|s| !unreached.contains(s));
+        }
         self.announced(keys as u64, streams as u64);
     }
 
@@ -1041,10 +1046,12 @@ impl Announcer {
 }
 
 enum Done {
-    /// A batch of announcements sent: its keys, the streams it opened.
+    /// A batch of announcements sent: its keys, the streams it opened, the
+    /// servers that never answered.
     Announced {
         keys: usize,
         streams: usize,
+        unreached: Vec<PeerId>,
     },
     /// The answer, and the keys to announce for what was stored.
     Store(ResponseChannel<StoreResponse>, Box<StoreResponse>, Vec<Cid>),
@@ -1217,14 +1224,27 @@ impl EventLoop {
         self.announcing.spawn(async move {
             let sends = servers
                 .iter()
-                .map(|&server| provide::send(control.clone(), server, &frames));
-            for (server, sent) in servers.iter().zip(futures::future::join_all(sends).await) {
-                if let Err(e) = sent {
+                .map(|&server| (server, provide::send(control.clone(), server, &frames)));
+            let (ended, unreached) = provide::send_all(sends).await;
+            for (server, outcome) in ended {
+                if let Err(e) = outcome {
                     tracing::debug!(%server, error = %e, "announcement batch not delivered");
                 }
             }
+            if !unreached.is_empty() {
+                tracing::debug!(
+                    ?unreached,
+                    "servers gave no answer to an announcement batch"
+                );
+            }
             let (keys, streams) = (keys.len(), servers.len());
-            let _ = done.send(Done::Announced { keys, streams }).await;
+            let _ = done
+                .send(Done::Announced {
+                    keys,
+                    streams,
+                    unreached,
+                })
+                .await;
         });
     }
 
@@ -1278,7 +1298,11 @@ impl EventLoop {
         let b = self.swarm.behaviour_mut();
         // A peer that went away cannot get its answer; nothing else to do.
         match done {
-            Done::Announced { keys, streams } => self.announcer.batch_done(keys, streams),
+            Done::Announced {
+                keys,
+                streams,
+                unreached,
+            } => self.announcer.batch_done(keys, streams, &unreached),
             Done::Store(ch, resp, keys) => {
                 self.announcer.stored(keys, Instant::now());
                 let _ = b.store.send_response(ch, *resp);
@@ -1966,9 +1990,13 @@ mod tests {
         a.stored(keys(provide::BATCH), t0);
         assert_eq!(a.plan(t0), Plan::Wait);
         assert_eq!(a.batch_wakeup(t0), None);
-        a.batch_done(1, 11);
+        a.batch_done(1, 11, &servers[..1]);
         assert_eq!((a.status.announced, a.status.announce_requests), (1, 22));
-        assert_eq!(a.plan(t0), Plan::Batch(servers));
+        assert_eq!(
+            a.plan(t0),
+            Plan::Batch(servers[1..].to_vec()),
+            "one never answered"
+        );
 
         // The view is trusted for VIEW_FOR, then walked again.
         assert_eq!(a.plan(t0 + provide::VIEW_FOR), Plan::Walk);

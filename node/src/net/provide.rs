@@ -6,14 +6,16 @@
 //! Kademlia's own; the receiving side is libp2p-kad's handler, which reads
 //! any number of them from one stream.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use cid::Cid;
-use futures::AsyncWriteExt as _;
+use futures::stream::FuturesUnordered;
+use futures::{AsyncWriteExt as _, StreamExt as _};
 use libp2p::{Multiaddr, PeerId};
 use prost::Message as _;
 
-use super::KAD_PROTOCOL;
+use super::{KAD_PROTOCOL, walks};
 
 /// Keys in one batch, at most.
 pub const BATCH: usize = 1024;
@@ -21,7 +23,7 @@ pub const BATCH: usize = 1024;
 pub const LINGER: Duration = Duration::from_secs(1);
 /// How long a walk's finding (whole network or not) is taken as true.
 pub const VIEW_FOR: Duration = Duration::from_secs(60);
-/// One server's stream, opened, written and closed, at most.
+/// A batch's sends, at most.
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Kademlia's `Message` (libp2p-kad's dht.proto), the fields an
@@ -86,17 +88,51 @@ pub async fn send(
     peer: PeerId,
     frames: &[u8],
 ) -> Result<(), String> {
-    let sending = async {
-        let mut stream = control
-            .open_stream(peer, KAD_PROTOCOL)
-            .await
-            .map_err(|e| e.to_string())?;
-        stream.write_all(frames).await.map_err(|e| e.to_string())?;
-        stream.close().await.map_err(|e| e.to_string())
-    };
-    tokio::time::timeout(SEND_TIMEOUT, sending)
+    let mut stream = control
+        .open_stream(peer, KAD_PROTOCOL)
         .await
-        .map_err(|_| format!("no answer within {SEND_TIMEOUT:?}"))?
+        .map_err(|e| e.to_string())?;
+    stream.write_all(frames).await.map_err(|e| e.to_string())?;
+    stream.close().await.map_err(|e| e.to_string())
+}
+
+/// Runs every server's send at once and returns each outcome, and the
+/// servers given up on: a frozen one never answers. As with a stalled walk
+/// ([`walks`]), those still sending after no send has ended for
+/// [`walks::STALL_FACTOR`] times as long as the ended ones took (at least
+/// [`walks::STALL_FLOOR`]) are given up, and all after [`SEND_TIMEOUT`].
+pub async fn send_all<F: Future<Output = Result<(), String>>>(
+    sends: impl IntoIterator<Item = (PeerId, F)>,
+) -> (Vec<(PeerId, Result<(), String>)>, Vec<PeerId>) {
+    let start = tokio::time::Instant::now();
+    let mut waiting: HashSet<PeerId> = HashSet::new();
+    let mut running: FuturesUnordered<_> = sends
+        .into_iter()
+        .map(|(peer, send)| {
+            waiting.insert(peer);
+            async move { (peer, send.await) }
+        })
+        .collect();
+    let mut ended = Vec::new();
+    let mut last: Option<tokio::time::Instant> = None;
+    loop {
+        let deadline = match last {
+            None => start + SEND_TIMEOUT,
+            Some(last) => {
+                let patience = ((last - start) * walks::STALL_FACTOR).max(walks::STALL_FLOOR);
+                (last + patience).min(start + SEND_TIMEOUT)
+            }
+        };
+        match tokio::time::timeout_at(deadline, running.next()).await {
+            Ok(Some((peer, outcome))) => {
+                waiting.remove(&peer);
+                ended.push((peer, outcome));
+                last = Some(tokio::time::Instant::now());
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    (ended, waiting.into_iter().collect())
 }
 
 #[cfg(test)]
@@ -127,5 +163,39 @@ mod tests {
             rest = &after[len..];
         }
         assert!(rest.is_empty());
+    }
+
+    /// Sends that end are returned; one that never does is given up once
+    /// the others have been done for 8 times as long as they took, at least
+    /// 1 s, and not the 10 s a frozen node would otherwise hold the batch.
+    #[tokio::test(start_paused = true)]
+    async fn a_server_that_never_answers_is_given_up_after_the_floor() {
+        let (a, b, frozen) = (PeerId::random(), PeerId::random(), PeerId::random());
+        let after = |ms: u64, outcome: Result<(), String>| async move {
+            if ms == u64::MAX {
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            outcome
+        };
+        let start = tokio::time::Instant::now();
+        let (ended, unreached) = send_all([
+            (a, after(10, Ok(()))),
+            (b, after(20, Err("refused".into()))),
+            (frozen, after(u64::MAX, Ok(()))),
+        ])
+        .await;
+        assert_eq!(ended.len(), 2);
+        assert_eq!(unreached, vec![frozen]);
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_millis(20) + walks::STALL_FLOOR
+        );
+
+        // All answer: no waiting beyond the last.
+        let start = tokio::time::Instant::now();
+        let (ended, unreached) = send_all([(a, after(10, Ok(()))), (b, after(300, Ok(())))]).await;
+        assert_eq!((ended.len(), unreached.len()), (2, 0));
+        assert_eq!(start.elapsed(), Duration::from_millis(300));
     }
 }
