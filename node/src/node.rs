@@ -955,6 +955,13 @@ impl Announcer {
             .map(|t| t + provide::LINGER)
     }
 
+    /// A server entered the routing table: on a small network, one the
+    /// last walk may not have found, so the next batch walks again first.
+    fn new_server(&mut self) {
+        self.view
+            .take_if(|(view, _)| matches!(view, View::Everyone(_)));
+    }
+
     /// Takes the outcome of walk `id` if it is the one renewing the view.
     fn viewed(&mut self, id: QueryId, found: &[PeerId], requests: u32, now: Instant) -> bool {
         if self.viewing != Some(id) {
@@ -1491,9 +1498,14 @@ impl EventLoop {
             kad::Event::ModeChanged { new_mode } => {
                 tracing::info!(mode = %new_mode, "DHT mode");
             }
-            // The first peer in the table starts the first round.
-            kad::Event::RoutingUpdated { .. } if self.announcer.never_started() => {
-                self.announcer.start_round(Instant::now());
+            kad::Event::RoutingUpdated { is_new_peer, .. } => {
+                // The first peer in the table starts the first round.
+                if self.announcer.never_started() {
+                    self.announcer.start_round(Instant::now());
+                }
+                if is_new_peer {
+                    self.announcer.new_server();
+                }
             }
             kad::Event::OutboundQueryProgressed {
                 id,
@@ -1998,8 +2010,11 @@ mod tests {
             "one never answered"
         );
 
-        // The view is trusted for VIEW_FOR, then walked again.
+        // The view is trusted for VIEW_FOR, then walked again; and at once
+        // when a new server joins.
         assert_eq!(a.plan(t0 + provide::VIEW_FOR), Plan::Walk);
+        a.new_server();
+        assert_eq!(a.plan(t0), Plan::Walk);
     }
 
     /// A walk that finds a bucket's worth of servers or more means a
@@ -2015,6 +2030,12 @@ mod tests {
         assert!(a.viewed(id, &servers, 30, t0));
         assert_eq!(a.plan(t0), Plan::KeyByKey);
         assert_eq!(a.batch_wakeup(t0), None);
+        a.new_server();
+        assert_eq!(
+            a.plan(t0),
+            Plan::KeyByKey,
+            "a new server changes nothing here"
+        );
     }
 
     /// A round's keys, read from the piece index, need not wait for company.
