@@ -2,7 +2,7 @@
 //! walk finds every DHT server, and the closest servers to any key are all
 //! of them. One stream to each then carries an `ADD_PROVIDER` for every key
 //! of a batch, where kad's `start_providing` walks the DHT and opens a
-//! stream to each server for every key (PROTOCOL.md §8). The messages are
+//! stream to each server for every key (PROTOCOL.md §9). The messages are
 //! Kademlia's own; the receiving side is libp2p-kad's handler, which reads
 //! any number of them from one stream.
 
