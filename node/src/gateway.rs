@@ -63,8 +63,29 @@ const ESCAPED: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'_')
     .remove(b'~');
 
+/// Requests a gateway serves at once, and admits (served or waiting).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub running: usize,
+    pub admitted: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            running: RUNNING,
+            admitted: ADMITTED,
+        }
+    }
+}
+
 /// Serves the gateway of `net` on `listen`.
 pub async fn serve(net: Handle, listen: SocketAddr) -> Result<Server> {
+    serve_with(net, listen, Limits::default()).await
+}
+
+/// [`serve`] with other limits than the defaults.
+pub async fn serve_with(net: Handle, listen: SocketAddr, limits: Limits) -> Result<Server> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen} for the gateway"))?;
@@ -72,8 +93,9 @@ pub async fn serve(net: Handle, listen: SocketAddr) -> Result<Server> {
     let ctx = Ctx {
         net,
         opened: Arc::default(),
-        admitted: Arc::new(Semaphore::new(ADMITTED)),
-        running: Arc::new(Semaphore::new(RUNNING)),
+        limits,
+        admitted: Arc::new(Semaphore::new(limits.admitted)),
+        running: Arc::new(Semaphore::new(limits.running)),
     };
     let app = Router::new()
         .route("/ipfs/{*path}", get(ipfs))
@@ -91,6 +113,7 @@ pub async fn serve(net: Handle, listen: SocketAddr) -> Result<Server> {
 struct Ctx {
     net: Handle,
     opened: Arc<Mutex<Opened>>,
+    limits: Limits,
     admitted: Arc<Semaphore>,
     running: Arc<Semaphore>,
 }
@@ -247,7 +270,10 @@ async fn ipfs(
     Query(query): Query<GatewayQuery>,
 ) -> Response {
     let Ok(admitted) = ctx.admitted.clone().try_acquire_owned() else {
-        let busy = format!("busy with {ADMITTED} requests: try again shortly");
+        let busy = format!(
+            "busy with {} requests: try again shortly",
+            ctx.limits.admitted
+        );
         let mut response = error(StatusCode::SERVICE_UNAVAILABLE, busy);
         let h = response.headers_mut();
         h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
