@@ -89,15 +89,27 @@ async fn receiver() -> Result<()> {
     Ok(())
 }
 
+/// A child process, killed if still running when dropped (a failed run).
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// MB/s of `bytes` on one stream from this process to a receiving one
 /// (this binary again), timed from the first write until the receiver
 /// reports it has read the last byte.
 async fn two_swarms(bytes: u64) -> Result<f64> {
-    let mut child = Command::new(std::env::current_exe()?)
-        .env(RECEIVER, "1")
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let mut lines = BufReader::new(child.stdout.take().context("no stdout")?).lines();
+    let mut child = Reaped(
+        Command::new(std::env::current_exe()?)
+            .env(RECEIVER, "1")
+            .stdout(Stdio::piped())
+            .spawn()?,
+    );
+    let mut lines = BufReader::new(child.0.stdout.take().context("no stdout")?).lines();
     let mut line = || -> Result<String> { Ok(lines.next().context("the receiver stopped")??) };
     let addr: Multiaddr = line()?.parse()?;
     let Some(Protocol::P2p(peer)) = addr.iter().last() else {
@@ -127,7 +139,7 @@ async fn two_swarms(bytes: u64) -> Result<f64> {
     let got: u64 = line()?.parse()?;
     let secs = start.elapsed().as_secs_f64();
     driver.abort();
-    ensure!(child.wait()?.success(), "the receiver failed");
+    ensure!(child.0.wait()?.success(), "the receiver failed");
     ensure!(got == sent, "received {got} of {sent} bytes");
     Ok(sent as f64 / secs / MB)
 }

@@ -674,18 +674,17 @@ fn add(args: AddArgs) -> Result<()> {
             api::AddEvent::Placed { done } => bar.set_position(*done),
             _ => {}
         }),
-        Via::Client(bootstrap) => runtime()?.block_on(async {
-            let (node, _dir) = client::ephemeral(bootstrap).await?;
-            // A client's pins would go with its temporary directory.
-            let req = api::AddRequest { pin: false, ..req };
-            let added = api::add(&node.handle, &req, |p| match p {
-                client::Progress::Hashed { total } => bar.set_length(total),
-                client::Progress::Placed { done } => bar.set_position(done),
-            })
-            .await;
-            node.stop().await;
-            added
-        }),
+        Via::Client(bootstrap) => {
+            runtime()?.block_on(client::with_ephemeral(bootstrap, async |net| {
+                // A client's pins would go with its temporary directory.
+                let req = api::AddRequest { pin: false, ..req };
+                api::add(net, &req, |p| match p {
+                    client::Progress::Hashed { total } => bar.set_length(total),
+                    client::Progress::Placed { done } => bar.set_position(done),
+                })
+                .await
+            }))
+        }
     };
     bar.finish_and_clear();
     let added = added?;
@@ -879,66 +878,55 @@ fn read_content(
         }
         Via::Client(bootstrap) => bootstrap,
     };
-    runtime()?.block_on(async {
-        let (node, _dir) = client::ephemeral(bootstrap).await?;
-        let result = async {
-            let content =
-                std::sync::Arc::new(client::Content::open(&node.handle, target, options).await?);
-            // `get` shows the bytes fetched of the content's stream.
-            let bar = progress_bar(output.is_some());
-            bar.set_length(content.manifest().stream_len);
-            let ticker = {
-                let (content, bar) = (content.clone(), bar.clone());
-                tokio::spawn(async move {
-                    loop {
-                        bar.set_position(content.stats().bytes);
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
-                })
-            };
-            let read = tokio::task::spawn_blocking(move || {
-                let result = match &output {
-                    Some(path) => content.save(path),
-                    None => to_stdout(|out| content.read(offset, length, out)),
-                };
-                let stats = content.stats();
-                tracing::info!(
-                    segments = stats.segments.len(),
-                    decoded = stats.decoded,
-                    dropped = stats.dropped.len(),
-                    "fetched"
-                );
-                result
+    runtime()?.block_on(client::with_ephemeral(bootstrap, async |net| {
+        let content = std::sync::Arc::new(client::Content::open(net, target, options).await?);
+        // `get` shows the bytes fetched of the content's stream.
+        let bar = progress_bar(output.is_some());
+        bar.set_length(content.manifest().stream_len);
+        let ticker = {
+            let (content, bar) = (content.clone(), bar.clone());
+            tokio::spawn(async move {
+                loop {
+                    bar.set_position(content.stats().bytes);
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
             })
-            .await;
-            ticker.abort();
-            bar.finish_and_clear();
-            read.context("read task failed")?
-        }
+        };
+        let read = tokio::task::spawn_blocking(move || {
+            let result = match &output {
+                Some(path) => content.save(path),
+                None => to_stdout(|out| content.read(offset, length, out)),
+            };
+            let stats = content.stats();
+            tracing::info!(
+                segments = stats.segments.len(),
+                decoded = stats.decoded,
+                dropped = stats.dropped.len(),
+                "fetched"
+            );
+            result
+        })
         .await;
-        node.stop().await;
-        result
-    })
+        ticker.abort();
+        bar.finish_and_clear();
+        read.context("read task failed")?
+    }))
 }
 
 /// Prints a directory's entries.
 fn list_content(target: Address, args: GetArgs, json: bool) -> Result<()> {
     let entries = match Via::choose(args.net)? {
         Via::Node(node) => node.ls(&target)?,
-        Via::Client(bootstrap) => runtime()?.block_on(async {
-            let (node, _dir) = client::ephemeral(bootstrap).await?;
-            let listed = async {
-                let content =
-                    client::Content::open(&node.handle, target, get_options(args.hedge_after)?)
-                        .await?;
-                tokio::task::spawn_blocking(move || content.list())
+        Via::Client(bootstrap) => {
+            runtime()?.block_on(client::with_ephemeral(bootstrap, async |net| {
+                let options = get_options(args.hedge_after)?;
+                let content = client::Content::open(net, target, options).await?;
+                let listed = tokio::task::spawn_blocking(move || content.list())
                     .await
-                    .context("list task failed")?
-            }
-            .await;
-            node.stop().await;
-            listed.map(|l| l.into_iter().map(api::LsEntry::from).collect::<Vec<_>>())
-        })?,
+                    .context("list task failed")??;
+                Ok(listed.into_iter().map(api::LsEntry::from).collect())
+            }))?
+        }
     };
     if json {
         return out!("{}", serde_json::to_string(&entries)?);

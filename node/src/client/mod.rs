@@ -220,6 +220,18 @@ pub async fn ephemeral(
     Ok((node, dir))
 }
 
+/// Runs `work` on an [`ephemeral`] client, which stops after it whatever
+/// `work` returned.
+pub async fn with_ephemeral<T>(
+    bootstrap: Vec<libp2p::Multiaddr>,
+    work: impl AsyncFnOnce(&crate::node::Handle) -> Result<T>,
+) -> Result<T> {
+    let (node, _dir) = ephemeral(bootstrap).await?;
+    let result = work(&node.handle).await;
+    node.stop().await;
+    result
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
