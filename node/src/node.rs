@@ -924,17 +924,21 @@ impl Announcer {
         if self.fresh.is_empty() && !self.walking_index() {
             return Plan::Wait;
         }
-        match &self.view {
-            Some((view, at)) if now < *at + provide::VIEW_FOR => match view {
-                View::Large => Plan::KeyByKey,
-                View::Everyone(servers) if self.batch == 0 && self.batch_due(now) => {
-                    Plan::Batch(servers.clone())
-                }
-                View::Everyone(_) => Plan::Wait,
-            },
-            _ if self.viewing.is_none() => Plan::Walk,
-            _ => Plan::Wait,
+        match self.view_at(now) {
+            Some(View::Large) => Plan::KeyByKey,
+            Some(View::Everyone(servers)) if self.batch == 0 && self.batch_due(now) => {
+                Plan::Batch(servers.clone())
+            }
+            Some(View::Everyone(_)) => Plan::Wait,
+            None if self.viewing.is_none() => Plan::Walk,
+            None => Plan::Wait,
         }
+    }
+
+    /// The view, while it is trusted.
+    fn view_at(&self, now: Instant) -> Option<&View> {
+        let (view, at) = self.view.as_ref()?;
+        (now < *at + provide::VIEW_FOR).then_some(view)
     }
 
     /// A batch goes when it is full, when the round's keys are in it (they
@@ -947,8 +951,7 @@ impl Announcer {
 
     /// When a batch waiting for company is due, if one is.
     fn batch_wakeup(&self, now: Instant) -> Option<Instant> {
-        let everyone =
-            matches!(&self.view, Some((View::Everyone(_), at)) if now < *at + provide::VIEW_FOR);
+        let everyone = matches!(self.view_at(now), Some(View::Everyone(_)));
         let waiting = everyone && self.batch == 0 && self.viewing.is_none();
         self.fresh_since
             .filter(|_| waiting)

@@ -118,10 +118,7 @@ pub async fn send_all<F: Future<Output = Result<(), String>>>(
     loop {
         let deadline = match last {
             None => start + SEND_TIMEOUT,
-            Some(last) => {
-                let patience = ((last - start) * walks::STALL_FACTOR).max(walks::STALL_FLOOR);
-                (last + patience).min(start + SEND_TIMEOUT)
-            }
+            Some(last) => (last + walks::patience(last - start)).min(start + SEND_TIMEOUT),
         };
         match tokio::time::timeout_at(deadline, running.next()).await {
             Ok(Some((peer, outcome))) => {

@@ -23,6 +23,11 @@ pub const STALL_FACTOR: u32 = 8;
 /// Never stalled sooner than this.
 pub const STALL_FLOOR: Duration = Duration::from_secs(1);
 
+/// How long to wait for more answers when those so far took `answered`.
+pub fn patience(answered: Duration) -> Duration {
+    (answered * STALL_FACTOR).max(STALL_FLOOR)
+}
+
 /// How often to look for stalled walks while any run. Answers are counted
 /// only here, so a walk's answers seem to take at least this long: at
 /// 250 ms a loopback walk would wait 8 × 250 ms = 2 s, not the floor
@@ -77,7 +82,7 @@ impl Walks {
             p.last = now;
             return false;
         }
-        let patience = (p.last.duration_since(p.start) * STALL_FACTOR).max(STALL_FLOOR);
+        let patience = patience(p.last.duration_since(p.start));
         let stalled = answers > 0 && pending > 0 && now.duration_since(p.last) >= patience;
         if stalled {
             self.progress.remove(&id);
