@@ -897,13 +897,14 @@ impl Announcer {
         }
     }
 
-    /// Starts a round unless one is running.
-    fn start_round(&mut self, now: Instant) {
+    /// Starts a round unless one is running. Over an empty index it has
+    /// nothing to take, so it needs no walk of the network.
+    fn start_round(&mut self, now: Instant, index_empty: bool) {
         if self.round.is_none() {
             self.next_round = None;
             self.round = Some(Round {
                 cursor: None,
-                walked: false,
+                walked: index_empty,
                 started: now,
                 announced: 0,
             });
@@ -1144,7 +1145,9 @@ impl EventLoop {
                 _ = expiry.tick() => self.expire(),
                 _ = flush.tick() => self.flush(),
                 _ = walk_check.tick(), if !self.walks.is_empty() => self.end_stalled_walks(),
-                () = sleep_until(next_round) => self.announcer.start_round(Instant::now()),
+                () = sleep_until(next_round) => {
+                    self.announcer.start_round(Instant::now(), self.store.count() == 0);
+                }
                 () = sleep_until(batch_due) => {}
                 () = sleep_until(relay_check) => {
                     let due = self.relays.due(Instant::now(), false);
@@ -1504,7 +1507,8 @@ impl EventLoop {
             kad::Event::RoutingUpdated { is_new_peer, .. } => {
                 // The first peer in the table starts the first round.
                 if self.announcer.never_started() {
-                    self.announcer.start_round(Instant::now());
+                    self.announcer
+                        .start_round(Instant::now(), self.store.count() == 0);
                 }
                 if is_new_peer {
                     self.announcer.new_server();
@@ -2041,12 +2045,21 @@ mod tests {
         );
     }
 
-    /// A round's keys, read from the piece index, need not wait for company.
+    /// A round over an empty index ends at once; a round's keys, read from
+    /// the piece index, need not wait for company.
     #[test]
     fn a_rounds_keys_go_without_lingering() {
         let mut a = Announcer::new(32);
         let t0 = Instant::now();
-        a.start_round(t0);
+        a.start_round(t0, true);
+        assert_eq!(
+            a.plan(t0),
+            Plan::Wait,
+            "an empty index: nothing to walk for"
+        );
+        a.finish_round(t0, Duration::from_secs(3600));
+        assert_eq!(a.status.announce_rounds, 1);
+        a.start_round(t0, false);
         assert_eq!(a.plan(t0), Plan::Walk);
         let (id, _) = walk_ids();
         a.viewing = Some(id);
