@@ -973,7 +973,7 @@ impl Announcer {
         }
         self.viewing = None;
         self.status.announce_requests += u64::from(requests);
-        let view = if found.len() < kad::K_VALUE.get() {
+        let view = if net::whole_network(found) {
             View::Everyone(found.to_vec())
         } else {
             View::Large

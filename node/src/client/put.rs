@@ -160,7 +160,7 @@ pub async fn add(
     // The whole network serves every segment; a larger one's nearest peers
     // serve the manifest; a walk that failed leaves each to walk for itself.
     let (everyone, near_root) = match near.await.ok().and_then(Result::ok) {
-        Some(found) if whole_network(&found) => (Some(found), None),
+        Some(found) if crate::net::whole_network(&found) => (Some(found), None),
         found => (None, found.map(|found| (root, found))),
     };
     let shared = Arc::new(Shared {
@@ -350,12 +350,6 @@ fn import(input: &Input, sink: &mut impl BlockSink, leaves: &impl Leaves) -> Res
     }
 }
 
-/// Whether a walk's peers are every DHT server there is: fewer than a
-/// bucket holds.
-fn whole_network(found: &[PeerId]) -> bool {
-    found.len() < kad::K_VALUE.get()
-}
-
 /// State of one add shared by its segment placements.
 struct Shared {
     net: Handle,
@@ -403,7 +397,7 @@ impl Shared {
             .closest_peers(key)
             .await
             .context("cannot find storage nodes in the DHT")?;
-        if whole_network(&found) {
+        if crate::net::whole_network(&found) {
             *lock(&self.everyone) = Some(found.clone());
         }
         Ok(found)

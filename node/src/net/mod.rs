@@ -50,6 +50,12 @@ pub struct Behaviour {
     pub audit: AuditProtocol,
 }
 
+/// Whether a walk's peers are every DHT server there is: fewer than a
+/// bucket holds.
+pub fn whole_network(found: &[libp2p::PeerId]) -> bool {
+    found.len() < kad::K_VALUE.get()
+}
+
 /// How often a peer refreshes its routing table (a lookup of itself and one
 /// in each bucket beyond its closest): libp2p's default.
 pub const DHT_REFRESH: Duration = Duration::from_secs(300);
