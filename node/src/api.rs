@@ -28,10 +28,11 @@ use cairn_protocol::unixfs::DirEntry;
 use futures::StreamExt as _;
 use rand::RngCore as _;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use crate::add::Options;
 use crate::client::{self, Content, GetOptions, Input};
+use crate::http::{self, Server};
 use crate::node::Handle;
 use crate::pinner::{self, PinStatus, PinSummary};
 
@@ -257,7 +258,7 @@ pub async fn add(
     };
     Ok(AddResult {
         cid: added.root.to_string(),
-        handle: handle.to_string(),
+        handle: handle.reveal(),
         manifest: added.manifest.to_string(),
         bytes: added.bytes,
         segments: added.segments.len(),
@@ -277,15 +278,6 @@ pub async fn add(
 
 // ---- the server, in the node ----
 
-/// An HTTP server of the node's: the control API or the gateway.
-pub struct Server {
-    pub url: String,
-    /// Removed when the server stops: the control API's `api` file.
-    file: Option<PathBuf>,
-    shutdown: oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<()>,
-}
-
 #[derive(Clone)]
 struct Ctx {
     net: Handle,
@@ -294,7 +286,12 @@ struct Ctx {
 
 /// Serves the API of `net` on `listen` (a loopback address) and writes
 /// `<data_dir>/api`.
-pub async fn serve(net: Handle, listen: SocketAddr, data_dir: &Path) -> Result<Server> {
+pub async fn serve(
+    net: Handle,
+    listen: SocketAddr,
+    data_dir: &Path,
+    limits: http::Limits,
+) -> Result<Server> {
     ensure!(
         listen.ip().is_loopback(),
         "the control API listens on loopback only, not {listen}"
@@ -326,7 +323,7 @@ pub async fn serve(net: Handle, listen: SocketAddr, data_dir: &Path) -> Result<S
         .route("/v1/pin/status", get(pin_status_route))
         .layer(middleware::from_fn_with_state(ctx.clone(), auth))
         .with_state(ctx);
-    Ok(Server::spawn(listener, app, url, Some(file)))
+    Ok(Server::spawn(listener, app, url, Some(file), limits))
 }
 
 /// Writes `path` readable by its owner only, whole or not at all.
@@ -343,44 +340,6 @@ fn write_private(path: &Path, data: &[u8]) -> Result<()> {
     f.write_all(data)?;
     f.sync_all()?;
     std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
-}
-
-impl Server {
-    /// Serves `app` on `listener` until stopped.
-    pub(crate) fn spawn(
-        listener: tokio::net::TcpListener,
-        app: Router,
-        url: String,
-        file: Option<PathBuf>,
-    ) -> Server {
-        let (shutdown, stop) = oneshot::channel();
-        let task = tokio::spawn(async move {
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = stop.await;
-                })
-                .await;
-            if let Err(e) = served {
-                tracing::error!(error = %e, "HTTP server stopped");
-            }
-        });
-        Server {
-            url,
-            file,
-            shutdown,
-            task,
-        }
-    }
-
-    pub async fn stop(self) {
-        if let Some(file) = &self.file {
-            let _ = std::fs::remove_file(file);
-        }
-        let _ = self.shutdown.send(());
-        // Requests in flight (a long add) are not waited for.
-        self.task.abort();
-        let _ = self.task.await;
-    }
 }
 
 struct ApiError(StatusCode, String);
@@ -406,13 +365,32 @@ fn failed(e: anyhow::Error) -> ApiError {
     ApiError(status, message)
 }
 
+/// Only a request with the token, addressed to a loopback host, is served:
+/// a web page the user visits cannot reach the API through a name it
+/// points at 127.0.0.1 (DNS rebinding).
 async fn auth(State(ctx): State<Ctx>, req: Request, next: Next) -> Response {
+    if !req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(loopback_host)
+    {
+        return ApiError(
+            StatusCode::MISDIRECTED_REQUEST,
+            "the control API answers requests to 127.0.0.1, [::1] or localhost only".into(),
+        )
+        .into_response();
+    }
     let given = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    if given != Some(ctx.token.as_str()) {
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if !bool::from(subtle::ConstantTimeEq::ct_eq(
+        given.as_bytes(),
+        ctx.token.as_bytes(),
+    )) {
         return ApiError(
             StatusCode::UNAUTHORIZED,
             "missing or wrong token: it is in the node's data directory, file `api`".into(),
@@ -420,6 +398,19 @@ async fn auth(State(ctx): State<Ctx>, req: Request, next: Next) -> Response {
         .into_response();
     }
     next.run(req).await
+}
+
+/// Whether a Host header names this machine by a loopback address.
+fn loopback_host(host: &str) -> bool {
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    };
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 async fn status(State(ctx): State<Ctx>) -> Result<Json<NodeStatus>, ApiError> {
@@ -615,7 +606,9 @@ async fn cat_route(
 ) -> Result<Response, ApiError> {
     let content = open(&ctx.net, &q.target).await?;
     let (offset, length) = (q.offset, q.length);
-    let body = stream(q.target, move |out| content.read(offset, length, out))
+    // Logged if cut short: a handle's key is left out of its Display.
+    let what = q.target.parse::<Address>().map_err(bad)?.to_string();
+    let body = stream(what, move |out| content.read(offset, length, out))
         .await
         .map_err(failed)?;
     Ok(body.into_response())
@@ -751,7 +744,7 @@ impl Remote {
             .post(self.url("get"))
             .header("Authorization", self.bearer())
             .send_json(GetRequest {
-                target: target.to_string(),
+                target: target.reveal(),
                 output: output.to_path_buf(),
             });
         self.call(sent).map(drop)
@@ -779,7 +772,7 @@ impl Remote {
     }
 
     pub fn ls(&self, target: &Address) -> Result<Vec<LsEntry>> {
-        self.get_json("ls", Some(("target", &target.to_string())))
+        self.get_json("ls", Some(("target", &target.reveal())))
     }
 
     pub fn pin_ls(&self) -> Result<Vec<PinSummary>> {
@@ -817,7 +810,7 @@ impl Remote {
             .agent
             .get(self.url("cat"))
             .header("Authorization", self.bearer())
-            .query("target", target.to_string())
+            .query("target", target.reveal())
             .query("offset", offset.to_string());
         if let Some(l) = length {
             req = req.query("length", l.to_string());

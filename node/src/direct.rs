@@ -41,16 +41,31 @@ fn round_up(n: usize) -> usize {
     n.div_ceil(ALIGN) * ALIGN
 }
 
-fn open(path: &Path, write: bool, direct: bool) -> io::Result<File> {
+/// How a file is opened.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Read,
+    /// Created, or truncated.
+    Write,
+    /// Created, failing if anything (a symlink included) is at the path.
+    WriteNew,
+}
+
+fn open(path: &Path, mode: Mode, direct: bool) -> io::Result<File> {
     let mut options = fs::OpenOptions::new();
-    if write {
+    if mode == Mode::WriteNew {
+        options.write(true).create_new(true);
+    } else if mode == Mode::Write {
         options.write(true).create(true).truncate(true);
     } else {
         options.read(true);
     }
-    if direct {
-        options.custom_flags(libc::O_DIRECT);
-    }
+    // A file written is never reached through a symlink.
+    let nofollow = match mode {
+        Mode::Read => 0,
+        Mode::Write | Mode::WriteNew => libc::O_NOFOLLOW,
+    };
+    options.custom_flags(nofollow | if direct { libc::O_DIRECT } else { 0 });
     options.open(path)
 }
 
@@ -68,7 +83,7 @@ pub fn read_file(path: &Path, max: u64) -> io::Result<Bytes> {
         Err(e) if is_unsupported(&e) => {}
         other => return other,
     }
-    let f = open(path, false, false)?;
+    let f = open(path, Mode::Read, false)?;
     let mut data = Vec::new();
     f.take(max.saturating_add(1)).read_to_end(&mut data)?;
     Ok(data.into())
@@ -76,7 +91,7 @@ pub fn read_file(path: &Path, max: u64) -> io::Result<Bytes> {
 
 /// The bytes read are a slice of the aligned buffer, not a copy.
 fn read_direct(path: &Path, max: u64) -> io::Result<Bytes> {
-    let mut f = open(path, false, true)?;
+    let mut f = open(path, Mode::Read, true)?;
     let want = usize::try_from(f.metadata()?.len().min(max.saturating_add(1)))
         .map_err(io::Error::other)?;
     let padded = round_up(want);
@@ -141,7 +156,7 @@ impl Out {
         match self.file.write_all(&chunk.bytes()[..len]) {
             // Some file systems take O_DIRECT at open and refuse the write.
             Err(e) if self.direct && self.written == 0 && is_unsupported(&e) => {
-                self.file = open(&self.path, true, false)?;
+                self.file = open(&self.path, Mode::Write, false)?;
                 self.direct = false;
                 self.file.write_all(&chunk.bytes()[..filled])?;
             }
@@ -222,9 +237,20 @@ pub struct Writer {
 impl Writer {
     /// Creates (or truncates) `path`.
     pub fn create(path: &Path) -> io::Result<Writer> {
-        let (file, direct) = match open(path, true, true) {
+        Writer::open(path, Mode::Write)
+    }
+
+    /// Creates `path`, which must not exist (nor be a symlink).
+    pub fn create_new(path: &Path) -> io::Result<Writer> {
+        Writer::open(path, Mode::WriteNew)
+    }
+
+    fn open(path: &Path, mode: Mode) -> io::Result<Writer> {
+        let (file, direct) = match open(path, mode, true) {
             Ok(f) => (f, true),
-            Err(e) if is_unsupported(&e) => (open(path, true, false)?, false),
+            // O_DIRECT refused at open, perhaps after the file was created:
+            // open it again, ours if it is there.
+            Err(e) if is_unsupported(&e) => (open(path, Mode::Write, false)?, false),
             Err(e) => return Err(e),
         };
         let out = Out {
@@ -284,7 +310,7 @@ impl Writer {
                 // A file of one chunk synced later with many others goes
                 // through the cache: direct, each would wait for the disk.
                 if !sync && out.direct {
-                    out.file = open(&out.path, true, false)?;
+                    out.file = open(&out.path, Mode::Write, false)?;
                     out.direct = false;
                 }
                 let mut chunk = chunk;

@@ -37,8 +37,9 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::Deserialize;
 use tokio::sync::Semaphore;
 
-use crate::api::{Server, stream};
+use crate::api::stream;
 use crate::client::{self, Content, GetOptions};
+use crate::http::{self, Server};
 use crate::node::Handle;
 
 /// Content-addressed bytes never change.
@@ -63,11 +64,13 @@ const ESCAPED: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'_')
     .remove(b'~');
 
-/// Requests a gateway serves at once, and admits (served or waiting).
+/// Requests a gateway serves at once, and admits (served or waiting), and
+/// what its connections may hold.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub running: usize,
     pub admitted: usize,
+    pub http: http::Limits,
 }
 
 impl Default for Limits {
@@ -75,6 +78,7 @@ impl Default for Limits {
         Limits {
             running: RUNNING,
             admitted: ADMITTED,
+            http: http::Limits::default(),
         }
     }
 }
@@ -99,14 +103,10 @@ pub async fn serve_with(net: Handle, listen: SocketAddr, limits: Limits) -> Resu
     };
     let app = Router::new()
         .route("/ipfs/{*path}", get(ipfs))
-        .fallback(|| async {
-            error(
-                StatusCode::NOT_FOUND,
-                "this gateway serves /ipfs/CID[/PATH] only".into(),
-            )
-        })
+        .fallback(get(by_subdomain))
+        .layer(axum::middleware::map_response(nosniff))
         .with_state(ctx);
-    Ok(Server::spawn(listener, app, url, None))
+    Ok(Server::spawn(listener, app, url, None, limits.http))
 }
 
 #[derive(Clone)]
@@ -303,6 +303,61 @@ async fn ipfs(
     Response::from_parts(parts, Body::from_stream(body))
 }
 
+/// A request to `CID.ipfs.HOST`: the content at the URL's path, on an
+/// origin of its own (as kubo's subdomain gateway serves it).
+async fn by_subdomain(
+    ctx: State<Ctx>,
+    method: Method,
+    headers: HeaderMap,
+    uri: Uri,
+    query: Query<GatewayQuery>,
+) -> Response {
+    let Some(cid) = subdomain(&headers) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "this gateway serves /ipfs/CID[/PATH], or CID.ipfs.HOST/PATH".into(),
+        );
+    };
+    let path = match uri.query() {
+        Some(q) => format!("/ipfs/{cid}{}?{q}", uri.path()),
+        None => format!("/ipfs/{cid}{}", uri.path()),
+    };
+    match path.parse() {
+        Ok(uri) => ipfs(ctx, method, headers, uri, query).await,
+        Err(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
+    }
+}
+
+/// The CID of a Host `CID.ipfs.…`: a CIDv1, whose base32 text is a DNS
+/// label (a `Qm…` CIDv0 is not: its case matters).
+fn subdomain(headers: &HeaderMap) -> Option<Cid> {
+    let host = headers.get(header::HOST)?.to_str().ok()?;
+    let mut labels = host.split('.');
+    let (cid, ipfs) = (labels.next()?, labels.next()?);
+    if ipfs != "ipfs" || labels.next().is_none() {
+        return None;
+    }
+    cid.parse::<Cid>()
+        .ok()
+        .filter(|c| c.version() == cid::Version::V1)
+}
+
+/// Every answer's type is the one it states: no browser guesses another.
+async fn nosniff(mut response: Response) -> Response {
+    response.headers_mut().insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    response
+}
+
+/// Content served under the path gateway shares one web origin with every
+/// other CID: a page is sandboxed into an origin of its own (scripts run,
+/// but reach no other content's storage or cookies). The subdomain
+/// gateway gives each root its own origin instead.
+const PATH_SANDBOX: &str = "sandbox allow-scripts allow-forms allow-popups allow-modals \
+                            allow-downloads allow-popups-to-escape-sandbox";
+
 async fn respond(
     ctx: &Ctx,
     method: &Method,
@@ -344,6 +399,12 @@ async fn respond(
     );
     if status.is_success() || status == StatusCode::NOT_MODIFIED {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static(IMMUTABLE));
+    }
+    if subdomain(headers).is_none() {
+        h.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(PATH_SANDBOX),
+        );
     }
     Ok(response)
 }

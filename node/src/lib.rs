@@ -12,6 +12,7 @@ pub mod config;
 pub mod devnet;
 pub mod direct;
 pub mod gateway;
+pub mod http;
 pub mod identity;
 pub mod net;
 pub mod node;

@@ -2,7 +2,7 @@
 #![allow(clippy::print_stdout)]
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter, IsTerminal as _, Write as _};
+use std::io::{BufReader, BufWriter, IsTerminal as _, Read as _, Write as _};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -42,10 +42,8 @@ enum Command {
     Add(AddArgs),
     /// Get content by CID into a file or directory.
     Get {
-        /// The content's CID, or the handle `add --encrypt` printed; a path
-        /// under a directory's CID as IPFS links write it: `CID/a/b.json`,
-        /// `/ipfs/CID/a/b.json` or `ipfs://CID/a/b.json`.
-        cid: Address,
+        #[command(flatten)]
+        cid: Named,
         /// Where to write it [default: ./<CID>, or ./<last name of the
         /// path>]; must not exist.
         #[arg(short, long)]
@@ -55,10 +53,8 @@ enum Command {
     },
     /// Write a file's content, or a byte range of it, to stdout.
     Cat {
-        /// The content's CID, or the handle `add --encrypt` printed; a path
-        /// under a directory's CID as IPFS links write it: `CID/a/b.json`,
-        /// `/ipfs/CID/a/b.json` or `ipfs://CID/a/b.json`.
-        cid: Address,
+        #[command(flatten)]
+        cid: Named,
         /// First byte to write.
         #[arg(long, default_value_t = 0)]
         offset: u64,
@@ -254,6 +250,49 @@ struct GetArgs {
     net: NetArgs,
 }
 
+/// What `get` and `cat` read. A handle holds its content's key: given on
+/// the command line, `ps` and the shell's history show it to others.
+#[derive(clap::Args)]
+struct Named {
+    /// The content's CID, or the handle `add --encrypt` printed; a path
+    /// under a directory's CID as IPFS links write it: `CID/a/b.json`,
+    /// `/ipfs/CID/a/b.json` or `ipfs://CID/a/b.json`. A handle is better
+    /// given by --handle-file or CAIRN_HANDLE.
+    #[arg(env = "CAIRN_HANDLE", hide_env_values = true)]
+    cid: Option<String>,
+    /// Read the handle (or CID) from this file, `-` for stdin.
+    #[arg(long, value_name = "FILE")]
+    handle_file: Option<PathBuf>,
+}
+
+impl Named {
+    fn address(self) -> Result<Address> {
+        let text = match (self.handle_file, self.cid) {
+            (Some(file), _) if file.as_os_str() == "-" => {
+                let mut text = String::new();
+                std::io::stdin()
+                    .take(4096)
+                    .read_to_string(&mut text)
+                    .context("cannot read a handle from stdin")?;
+                text
+            }
+            (Some(file), _) => {
+                let mut text = String::new();
+                File::open(&file)
+                    .and_then(|f| f.take(4096).read_to_string(&mut text))
+                    .with_context(|| format!("cannot read a handle from {}", file.display()))?;
+                text
+            }
+            (None, Some(text)) => text,
+            (None, None) => {
+                bail!("name the content: a CID or handle, --handle-file FILE, or CAIRN_HANDLE")
+            }
+        };
+        // The error names the shape wanted, never the text given.
+        Ok(text.trim().parse::<Address>()?)
+    }
+}
+
 /// How a command reaches the network: through the running node of
 /// `--data-dir`; else through a client of its own joined via `--bootstrap`;
 /// else through a node running in the default data directory.
@@ -400,6 +439,7 @@ fn run() -> Result<()> {
         Command::Node(_) | Command::Devnet(_) => unreachable!("handled above"),
         Command::Add(args) => add(args)?,
         Command::Get { cid, output, get } => {
+            let cid = cid.address()?;
             let output = output.unwrap_or_else(|| match cid.path.last() {
                 Some(name) => PathBuf::from(name),
                 None => PathBuf::from(cid.target.root().to_string()),
@@ -411,7 +451,7 @@ fn run() -> Result<()> {
             offset,
             length,
             get,
-        } => read_content(cid, get, None, (offset, length))?,
+        } => read_content(cid.address()?, get, None, (offset, length))?,
         Command::Ls { cid, json, get } => list_content(cid, get, json)?,
         Command::Store(StoreCommand::Check { data_dir }) => {
             let dir = data_dir
@@ -434,6 +474,15 @@ fn run() -> Result<()> {
             )?;
             out!("damaged pieces removed: {}", report.rotted.len())?;
             out!("stray files removed: {}", report.orphans)?;
+            for (piece, error) in &report.unreadable {
+                out!("could not read {piece} (kept): {error}")?;
+            }
+            if !report.unreadable.is_empty() {
+                bail!(
+                    "{} pieces could not be read now; they were kept: run the check again",
+                    report.unreadable.len()
+                );
+            }
             if report.used != report.bytes_on_disk {
                 bail!(
                     "index says {} bytes, files hold {}",
@@ -588,13 +637,16 @@ fn run_node(args: NodeArgs) -> Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    let open_files = cairn_node::http::raise_open_files();
     runtime.block_on(async {
         let data_dir = config.data_dir.clone();
         let node = Node::start(config)
             .await
             .with_context(|| format!("cannot start the node in {}", data_dir.display()))?;
         let id = node.peer_id;
-        let api = match api::serve(node.handle.clone(), http.api, &data_dir).await {
+        let servers = 1 + u64::from(http.gateway.is_some());
+        let limits = cairn_node::http::within_open_files(Default::default(), open_files, servers);
+        let api = match api::serve(node.handle.clone(), http.api, &data_dir, limits).await {
             Ok(api) => api,
             Err(e) => {
                 node.stop().await;
@@ -603,7 +655,16 @@ fn run_node(args: NodeArgs) -> Result<()> {
         };
         let gateway = match http.gateway {
             None => None,
-            Some(at) => match gateway::serve(node.handle.clone(), at).await {
+            Some(at) => match gateway::serve_with(
+                node.handle.clone(),
+                at,
+                gateway::Limits {
+                    http: limits,
+                    ..Default::default()
+                },
+            )
+            .await
+            {
                 Ok(gateway) => Some(gateway),
                 Err(e) => {
                     api.stop().await;

@@ -4,13 +4,14 @@
 //! [`JOBS`] at once, and reports back to the loop.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cairn_protocol::record::{Receipt, SignedReceipt, Terms};
 use cairn_protocol::wire::{
-    AuditRequest, AuditResponse, FetchRequest, FetchResponse, StoreRequest, StoreResponse,
+    AuditRequest, AuditResponse, FetchRequest, FetchResponse, RejectReason, StoreRequest,
+    StoreResponse, TransferError,
 };
 use cid::Cid;
 use futures::StreamExt as _;
@@ -541,6 +542,7 @@ impl Node {
                 source: e,
             })
         })?;
+        private(&config.data_dir, 0o700)?;
         let (key, new_identity) = identity::load_or_create(&config.data_dir)?;
         let peer_id = key.public().to_peer_id();
         let mut limits = store::Limits::new(config.capacity);
@@ -586,6 +588,9 @@ impl Node {
             Pins::open(&config.data_dir.join("pins.redb"))?,
             config.pinner.clone(),
         );
+        for db in ["store/index.redb", "providers.redb", "pins.redb"] {
+            private(&config.data_dir.join(db), 0o600)?;
+        }
         let signer = identity::signing_key(&key)
             .ok_or_else(|| StartError::Network("identity is not an ed25519 key".into()))?;
         let (commands, command_rx) = mpsc::channel(COMMANDS);
@@ -662,6 +667,20 @@ impl Node {
         // Every job holds a permit until its store work is done.
         let _ = self.permits.acquire_many(JOBS as u32).await;
     }
+}
+
+/// Gives `path` `mode`: the data directory is its owner's alone (0700),
+/// and so are its databases (0600), which say what the node stores, pins
+/// and knows of its peers.
+fn private(path: &Path, mode: u32) -> Result<(), StartError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|source| {
+        StartError::from(store::Error::Io {
+            op: "chmod",
+            path: path.to_path_buf(),
+            source,
+        })
+    })
 }
 
 fn build_swarm(
@@ -1067,7 +1086,9 @@ enum Done {
     /// The answer, and the keys to announce for what was stored.
     Store(ResponseChannel<StoreResponse>, Box<StoreResponse>, Vec<Cid>),
     Fetch(ResponseChannel<FetchResponse>, FetchResponse),
-    Audit(ResponseChannel<AuditResponse>, AuditResponse),
+    /// No answer when the piece cannot be read now: the challenger sees
+    /// the node unavailable, not the piece lost.
+    Audit(ResponseChannel<AuditResponse>, Option<AuditResponse>),
     Expired(usize),
     /// A request to this node itself, answered by the job.
     Answered,
@@ -1112,6 +1133,9 @@ struct EventLoop {
 
 type ProvidersReply = oneshot::Sender<Result<HashSet<PeerId>, RequestError>>;
 
+/// Peers' store, fetch and audit requests waiting for or doing store work;
+/// more are answered busy ([`EventLoop::room_for_job`]).
+const QUEUED: usize = 64;
 /// Requests parked while their peer's address is looked up.
 const UNADDRESSED: usize = 256;
 /// Connects awaited per peer.
@@ -1282,6 +1306,17 @@ impl EventLoop {
 
     /// Runs store work on a blocking thread, at most [`JOBS`] at once; its
     /// answer waits out the node's fault delay.
+    /// Whether a peer's request may queue for the store: at most
+    /// [`QUEUED`] jobs wait or run; beyond, the peer is told busy at once
+    /// and its request body is dropped.
+    fn room_for_job(&self, peer: PeerId, what: &'static str) -> bool {
+        let room = self.jobs.len() < QUEUED;
+        if !room {
+            tracing::debug!(%peer, what, "store queue full; busy");
+        }
+        room
+    }
+
     fn spawn_job(&mut self, job: impl FnOnce(&Store) -> Done + Send + 'static) {
         let (store, done, permits, delay) = (
             self.store.clone(),
@@ -1323,9 +1358,10 @@ impl EventLoop {
             Done::Fetch(ch, resp) => {
                 let _ = b.fetch.send_response(ch, resp);
             }
-            Done::Audit(ch, resp) => {
+            Done::Audit(ch, Some(resp)) => {
                 let _ = b.audit.send_response(ch, resp);
             }
+            Done::Audit(_, None) => {}
             Done::Expired(n) => tracing::info!(pieces = n, "deleted expired pieces"),
             Done::Answered => {}
         }
@@ -1618,6 +1654,23 @@ impl EventLoop {
                         .store
                         .send_response(channel, resp);
                 }
+                StoreRequest::TransferV1(transfer) if !self.room_for_job(peer, "transfer") => {
+                    self.store.release(&peer.to_bytes(), &transfer.piece);
+                    let busy = StoreResponse::FailedV1(TransferError::Storage);
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .store
+                        .send_response(channel, busy);
+                }
+                StoreRequest::RenewV1(_) if !self.room_for_job(peer, "renewal") => {
+                    let busy = StoreResponse::RejectedV1(RejectReason::Busy);
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .store
+                        .send_response(channel, busy);
+                }
                 StoreRequest::TransferV1(transfer) => {
                     let sign = self.receipt_signer();
                     let clock = self.config.clock;
@@ -1674,6 +1727,16 @@ impl EventLoop {
                     },
                 ..
             } => match self.fault {
+                _ if !self.room_for_job(peer, "fetch") => {
+                    let busy = FetchResponse::FailedV1 {
+                        reason: "busy".into(),
+                    };
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .fetch
+                        .send_response(channel, busy);
+                }
                 Some(Fault::Stall) => {
                     if self.stalled.len() >= 1024 {
                         self.stalled.pop_front();
@@ -1740,12 +1803,16 @@ impl EventLoop {
                     {
                         self.jobs.spawn(async move {
                             let resp = answered.await.unwrap_or(AuditResponse::NotFoundV1);
-                            let _ = done.send(Done::Audit(channel, resp)).await;
+                            let _ = done.send(Done::Audit(channel, Some(resp))).await;
                         });
                     } else {
                         let b = self.swarm.behaviour_mut();
                         let _ = b.audit.send_response(channel, AuditResponse::NotFoundV1);
                     }
+                    return;
+                }
+                if !self.room_for_job(peer, "audit") {
+                    // Unanswered: the challenger sees this node unavailable.
                     return;
                 }
                 let now = self.config.clock.now();
@@ -1825,7 +1892,12 @@ impl EventLoop {
             }),
             Outbound::Audit(AuditRequest::ChallengeV1 { piece, nonce }, a) => {
                 self.spawn_job(move |store| {
-                    let _ = a.send(Ok(answer_challenge(store, me, &piece, &nonce, now)));
+                    let _ = a.send(answer_challenge(store, me, &piece, &nonce, now).ok_or_else(
+                        || RequestError::Failed {
+                            peer: me,
+                            reason: "the piece cannot be read now".into(),
+                        },
+                    ));
                     Done::Answered
                 });
             }
@@ -1886,20 +1958,21 @@ fn routes_to(kad: &mut kad::Behaviour<ProviderStore>, peer: PeerId) -> bool {
         .is_some_and(|bucket| bucket.iter().any(|e| *e.node.key.preimage() == peer))
 }
 
-/// The answer to `peer`'s challenge for `piece`: a proof, or not found.
+/// The answer to `peer`'s challenge for `piece`: a proof, or not found;
+/// none while the piece cannot be read (an error that may pass).
 fn answer_challenge(
     store: &Store,
     peer: PeerId,
     piece: &Cid,
     nonce: &[u8; 32],
     now: u64,
-) -> AuditResponse {
+) -> Option<AuditResponse> {
     match store.prove(piece, nonce, now) {
-        Ok(Some(proof)) => AuditResponse::ProofV1(proof),
-        Ok(None) => AuditResponse::NotFoundV1,
+        Ok(Some(proof)) => Some(AuditResponse::ProofV1(proof)),
+        Ok(None) | Err(store::Error::Rotted { .. }) => Some(AuditResponse::NotFoundV1),
         Err(e) => {
-            tracing::warn!(%peer, %piece, error = %e, "cannot answer audit");
-            AuditResponse::NotFoundV1
+            tracing::warn!(%peer, %piece, error = %e, "cannot answer audit now");
+            None
         }
     }
 }
@@ -1950,9 +2023,12 @@ fn serve_fetch(store: &Store, peer: PeerId, request: FetchRequest) -> FetchRespo
         Err(store::Error::Proof(e)) => FetchResponse::FailedV1 {
             reason: e.to_string(),
         },
+        Err(store::Error::Rotted { .. }) => FetchResponse::NotFoundV1,
         Err(e) => {
-            tracing::warn!(%peer, error = %e, "cannot serve fetch");
-            FetchResponse::NotFoundV1
+            tracing::warn!(%peer, error = %e, "cannot serve fetch now");
+            FetchResponse::FailedV1 {
+                reason: "temporarily unavailable".into(),
+            }
         }
     }
 }

@@ -5,7 +5,8 @@
 //! - `tmp/<cid>`: a piece being written; `trash/<cid>`: a piece being deleted;
 //! - `index.redb`: tables `pieces-0` (CID → [`Entry`]), `expiry-0`
 //!   ((expires_at, CID) → ()), `roots-0` ((content root, manifest CID) → ())
-//!   and `meta-0` (`used`, `count`).
+//!   `stored-by-0` (peer ID → bytes it stored here) and `meta-0` (`used`,
+//!   `count`, `stored-by-built`).
 //!
 //! A piece is either an erasure-coded shard (BLAKE3 CID) or a manifest
 //! (DAG-CBOR, sha2-256 CID) that decodes and validates; a manifest's entry
@@ -15,12 +16,16 @@
 //! - a file in `pieces/` has an index entry, and an entry has its file;
 //! - `meta-0.used` is the sum of the sizes in `pieces-0`.
 //!
-//! A write goes tmp file, fsync, index commit (durable), rename into
-//! `pieces/`, directory fsync; a delete goes rename into `trash/`, index
+//! A write goes tmp file, fsync of the file and of `tmp/`, index commit
+//! (durable), rename into `pieces/`, directory fsync; a delete goes rename
+//! into `trash/`, index
 //! commit, unlink. So after a crash only `tmp/` and `trash/` can hold strays,
 //! and [`Store::open`] settles each by whether the index has its CID: the
 //! startup check costs the number of operations in flight, not the number of
 //! pieces held.
+//!
+//! Only a missing file, a wrong size or a wrong hash is damage, and removed;
+//! any other read error (EMFILE, ENOMEM, EIO) may pass and deletes nothing.
 
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -44,8 +49,12 @@ const PIECES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("pieces-0");
 const EXPIRY: TableDefinition<(u64, &[u8]), ()> = TableDefinition::new("expiry-0");
 const ROOTS: TableDefinition<(&[u8], &[u8]), ()> = TableDefinition::new("roots-0");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta-0");
+/// Bytes held per storing peer (its peer ID's bytes).
+const STORED_BY: TableDefinition<&[u8], u64> = TableDefinition::new("stored-by-0");
 const USED: &str = "used";
 const COUNT: &str = "count";
+/// Set once `stored-by-0` covers every piece (stores made before it had none).
+const STORED_BY_BUILT: &str = "stored-by-built";
 /// redb page cache of the index.
 const CACHE: usize = 32 << 20;
 
@@ -83,6 +92,11 @@ pub struct Limits {
     pub reservation_ttl: u64,
     /// Offers held at once; more are refused as busy. Default 256.
     pub max_reservations: usize,
+    /// Offers one peer holds at once; more are refused as busy. Default 32.
+    pub max_reservations_per_peer: usize,
+    /// Bytes one peer may have stored and reserved here together; more is
+    /// refused as over capacity. Default half the capacity.
+    pub max_bytes_per_peer: u64,
 }
 
 impl Limits {
@@ -94,6 +108,8 @@ impl Limits {
             max_term: 366 * 24 * 3600,
             reservation_ttl: 120,
             max_reservations: 256,
+            max_reservations_per_peer: 32,
+            max_bytes_per_peer: capacity / 2,
         }
     }
 }
@@ -168,6 +184,9 @@ pub struct CheckReport {
     pub used: u64,
     /// Sum of the sizes of the files in `pieces/` after the check.
     pub bytes_on_disk: u64,
+    /// Pieces that could not be read for a reason that may pass (EMFILE,
+    /// EIO, ...): kept, and worth checking again.
+    pub unreadable: Vec<(Cid, String)>,
     /// Pieces missing or not matching their CID, removed from the index.
     pub rotted: Vec<Cid>,
     /// Files in `pieces/` without an index entry, deleted.
@@ -194,6 +213,11 @@ pub struct Store {
     db: Database,
     limits: Limits,
     state: Mutex<State>,
+    /// Reads that failed for a reason that may pass, since open.
+    unreadable: std::sync::atomic::AtomicU64,
+    /// Tests: the OS error every piece read fails with.
+    #[cfg(test)]
+    read_fault: Mutex<Option<i32>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -225,8 +249,10 @@ impl Store {
             txn.open_table(EXPIRY).map_err(db_err)?;
             txn.open_table(ROOTS).map_err(db_err)?;
             txn.open_table(META).map_err(db_err)?;
+            txn.open_table(STORED_BY).map_err(db_err)?;
         }
         txn.commit().map_err(db_err)?;
+        build_stored_by(&db)?;
         let (used, count) = {
             let read = db.begin_read().map_err(db_err)?;
             let meta = read.open_table(META).map_err(db_err)?;
@@ -245,6 +271,9 @@ impl Store {
                 reserved: 0,
                 reservations: HashMap::new(),
             }),
+            unreadable: Default::default(),
+            #[cfg(test)]
+            read_fault: Mutex::new(None),
         };
         let recovery = store.recover()?;
         Ok((store, recovery))
@@ -276,6 +305,20 @@ impl Store {
     pub fn disk_available(&self) -> Option<u64> {
         let fs = rustix::fs::statvfs(&self.dir).ok()?;
         Some(fs.f_bavail.saturating_mul(fs.f_frsize))
+    }
+
+    /// Piece reads that failed for a reason that may pass (the piece was
+    /// kept), since the store was opened.
+    pub fn unreadable(&self) -> u64 {
+        self.unreadable.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn read_file(&self, path: &Path, size: u64) -> io::Result<Bytes> {
+        #[cfg(test)]
+        if let Some(errno) = *self.read_fault.lock().unwrap_or_else(|p| p.into_inner()) {
+            return Err(io::Error::from_raw_os_error(errno));
+        }
+        read_limited(path, size)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -403,10 +446,23 @@ impl Store {
                 s.reserved -= r.terms.size;
             }
         }
-        if s.reservations.contains_key(&terms.piece) || s.reservations.len() >= l.max_reservations {
+        let (mine, mine_bytes) = s
+            .reservations
+            .values()
+            .filter(|r| r.peer == peer)
+            .fold((0, 0), |(n, b), r| (n + 1, b + r.terms.size));
+        if s.reservations.contains_key(&terms.piece)
+            || s.reservations.len() >= l.max_reservations
+            || mine >= l.max_reservations_per_peer
+        {
             return Err(RejectReason::Busy);
         }
-        let free = offerable(l, &s, disk);
+        let stored = self.stored_by(peer).map_err(|_| RejectReason::Busy)?;
+        let free = offerable(l, &s, disk).min(
+            l.max_bytes_per_peer
+                .saturating_sub(stored)
+                .saturating_sub(mine_bytes),
+        );
         if terms.size > free {
             return Err(RejectReason::OverCapacity { free });
         }
@@ -422,6 +478,25 @@ impl Store {
             },
         );
         Ok(deadline)
+    }
+
+    /// Bytes of the pieces `peer` stored here.
+    pub fn stored_by(&self, peer: &[u8]) -> Result<u64, Error> {
+        let read = self.db.begin_read().map_err(db_err)?;
+        let table = read.open_table(STORED_BY).map_err(db_err)?;
+        Ok(table.get(peer).map_err(db_err)?.map_or(0, |v| v.value()))
+    }
+
+    /// Gives up `peer`'s reservation of `piece`, if not being written.
+    pub fn release(&self, peer: &[u8], piece: &Cid) {
+        let mut s = self.lock();
+        if s.reservations
+            .get(piece)
+            .is_some_and(|r| r.peer == peer && !r.writing)
+            && let Some(r) = s.reservations.remove(piece)
+        {
+            s.reserved -= r.terms.size;
+        }
     }
 
     fn check_term(&self, terms: &Terms, now: u64) -> Result<(), RejectReason> {
@@ -560,6 +635,12 @@ impl Store {
         };
         let tmp = self.tmp_path(&terms.piece);
         write_synced(&tmp, data).map_err(storage)?;
+        // The commit below promises the file: its name in tmp/ must be
+        // durable first, or a power loss leaves a receipted piece without it.
+        if let Err(e) = sync_dir(&self.dir.join("tmp")) {
+            let _ = fs::remove_file(&tmp);
+            return Err(storage(e));
+        }
         let receipt = sign(terms.clone());
         let entry = Entry {
             size: terms.size,
@@ -593,8 +674,9 @@ impl Store {
             sync_dir(&self.dir.join("pieces"))?;
         }
         fs::rename(tmp, &path).map_err(io_err("rename", tmp))?;
-        sync_dir(parent)?;
-        sync_dir(&self.dir.join("tmp"))
+        // A crash that keeps the old name in tmp/ as well is settled by
+        // recovery (the piece is in place: the tmp name is removed).
+        sync_dir(parent)
     }
 
     fn commit_insert(&self, piece: &Cid, entry: &Entry) -> Result<(), Error> {
@@ -619,6 +701,8 @@ impl Store {
             }
             let mut meta = txn.open_table(META).map_err(db_err)?;
             adjust_totals(&mut meta, entry.size as i64, 1)?;
+            let mut by = txn.open_table(STORED_BY).map_err(db_err)?;
+            adjust_stored_by(&mut by, &entry.stored_by, entry.size as i64)?;
         }
         txn.commit().map_err(db_err)
     }
@@ -642,6 +726,10 @@ impl Store {
                     .insert((entry.expires_at, key.as_slice()), ())
                     .map_err(db_err)?;
             }
+            let mut by = txn.open_table(STORED_BY).map_err(db_err)?;
+            for (_, entry) in entries {
+                adjust_stored_by(&mut by, &entry.stored_by, entry.size as i64)?;
+            }
             let mut meta = txn.open_table(META).map_err(db_err)?;
             adjust_totals(&mut meta, added as i64, entries.len() as i64)?;
         }
@@ -664,6 +752,7 @@ impl Store {
             let mut expiry = txn.open_table(EXPIRY).map_err(db_err)?;
             let mut roots = txn.open_table(ROOTS).map_err(db_err)?;
             let mut meta = txn.open_table(META).map_err(db_err)?;
+            let mut by = txn.open_table(STORED_BY).map_err(db_err)?;
             for piece in pieces {
                 let key = piece.to_bytes();
                 let Some(v) = table.remove(key.as_slice()).map_err(db_err)? else {
@@ -679,6 +768,7 @@ impl Store {
                         .remove((root.to_bytes().as_slice(), key.as_slice()))
                         .map_err(db_err)?;
                 }
+                adjust_stored_by(&mut by, &entry.stored_by, -(entry.size as i64))?;
                 let (from, to) = (self.piece_path(piece), self.trash_path(piece));
                 match fs::rename(&from, &to) {
                     Ok(()) => trashed.push(to),
@@ -746,19 +836,31 @@ impl Store {
             return Ok(None);
         };
         let path = self.piece_path(piece);
-        let data = match read_limited(&path, entry.size) {
-            Ok(d) => d,
-            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+        // Only a missing file, a wrong size or a wrong hash is damage. Any
+        // other error (EMFILE, ENOMEM, EIO, EACCES) may pass: the piece is
+        // unavailable for now, and kept.
+        let data = match self.read_file(&path, entry.size) {
+            Ok(d) => Some(d),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => {
+                self.unreadable
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(%piece, path = %path.display(), error = %e, "cannot read piece now; keeping it");
                 return Err(io_err("read", &path)(e));
             }
-            Err(_) => Bytes::new(),
         };
-        if data.len() as u64 != entry.size || block::verify(piece, &data).is_err() {
-            tracing::warn!(%piece, path = %path.display(), "piece damaged on disk; removing it");
-            self.remove(&[*piece])?;
-            return Err(Error::Rotted { piece: *piece });
+        match data {
+            Some(data)
+                if data.len() as u64 == entry.size && block::verify(piece, &data).is_ok() =>
+            {
+                Ok(Some(data))
+            }
+            _ => {
+                tracing::warn!(%piece, path = %path.display(), "piece damaged on disk; removing it");
+                self.remove(&[*piece])?;
+                Err(Error::Rotted { piece: *piece })
+            }
         }
-        Ok(Some(data))
     }
 
     /// Bytes `offset .. offset + len` of a piece with their proof, and the
@@ -867,6 +969,7 @@ impl Store {
                 match self.read(&piece) {
                     Ok(_) => {}
                     Err(Error::Rotted { piece }) => report.rotted.push(piece),
+                    Err(e @ Error::Io { .. }) => report.unreadable.push((piece, e.to_string())),
                     Err(e) => return Err(e),
                 }
             }
@@ -901,6 +1004,41 @@ fn adjust_totals(meta: &mut redb::Table<&str, u64>, bytes: i64, pieces: i64) -> 
             .map_err(db_err)?;
     }
     Ok(())
+}
+
+/// Adds `bytes` to what `peer` has stored; a peer at zero leaves the table.
+fn adjust_stored_by(
+    table: &mut redb::Table<&[u8], u64>,
+    peer: &[u8],
+    bytes: i64,
+) -> Result<(), Error> {
+    let old = table.get(peer).map_err(db_err)?.map_or(0, |v| v.value());
+    match old.saturating_add_signed(bytes) {
+        0 => table.remove(peer).map_err(db_err).map(drop),
+        new => table.insert(peer, new).map_err(db_err).map(drop),
+    }
+}
+
+/// Fills `stored-by-0` from `pieces-0` once, for a store made before the
+/// table was: one pass over the index, in one transaction.
+fn build_stored_by(db: &Database) -> Result<(), Error> {
+    let txn = db.begin_write().map_err(db_err)?;
+    {
+        let mut meta = txn.open_table(META).map_err(db_err)?;
+        if meta.get(STORED_BY_BUILT).map_err(db_err)?.is_some() {
+            return Ok(());
+        }
+        let pieces = txn.open_table(PIECES).map_err(db_err)?;
+        let mut by = txn.open_table(STORED_BY).map_err(db_err)?;
+        for item in pieces.iter().map_err(db_err)? {
+            let (k, v) = item.map_err(db_err)?;
+            let piece = Cid::try_from(k.value()).map_err(db_err)?;
+            let entry = decode_entry(&piece, v.value())?;
+            adjust_stored_by(&mut by, &entry.stored_by, entry.size as i64)?;
+        }
+        meta.insert(STORED_BY_BUILT, 1).map_err(db_err)?;
+    }
+    txn.commit().map_err(db_err)
 }
 
 /// The two kinds of piece a store keeps.
@@ -972,8 +1110,14 @@ mod tests {
     const NOW: u64 = 1_800_000_000;
     const PEER: &[u8] = b"peer-a";
 
+    /// A store whose one peer may fill it (the per-peer share has a test
+    /// of its own).
     fn open(dir: &Path, capacity: u64) -> Store {
-        Store::open(dir, Limits::new(capacity)).expect("open").0
+        let limits = Limits {
+            max_bytes_per_peer: u64::MAX,
+            ..Limits::new(capacity)
+        };
+        Store::open(dir, limits).expect("open").0
     }
 
     fn terms(data: &[u8], nonce: u8) -> Terms {
@@ -1177,6 +1321,84 @@ mod tests {
             store.store(PEER, &transfer(data, 1), NOW, sign),
             Err(TransferError::NoReservation)
         );
+    }
+
+    #[test]
+    fn one_peer_cannot_take_every_reservation_or_the_whole_capacity() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut limits = Limits::new(1 << 20);
+        limits.max_reservations_per_peer = 2;
+        let (store, _) = Store::open(dir.path(), limits).expect("open");
+        let offer =
+            |peer: &[u8], n: u8, size: usize| store.reserve(peer, &terms(&vec![n; size], n), NOW);
+        offer(PEER, 1, 100).expect("first");
+        offer(PEER, 2, 100).expect("second");
+        assert_eq!(offer(PEER, 3, 100), Err(RejectReason::Busy));
+        offer(b"peer-b", 3, 100).expect("another peer's");
+        store.release(PEER, &block::piece_cid(&[1; 100]));
+        offer(PEER, 4, 100).expect("after a release");
+
+        // Half the capacity (512 KiB) per peer, stored and reserved together.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let open = |dir: &Path| Store::open(dir, Limits::new(1 << 20)).expect("open").0;
+        let store = open(dir.path());
+        put(&store, &vec![9u8; 300 << 10]);
+        assert_eq!(store.stored_by(PEER).expect("stored by"), 300 << 10);
+        let big = terms(&vec![8u8; 300 << 10], 2);
+        assert_eq!(
+            store.reserve(PEER, &big, NOW),
+            Err(RejectReason::OverCapacity { free: 212 << 10 })
+        );
+        store
+            .reserve(b"peer-b", &big, NOW)
+            .expect("another peer has room");
+        // Reopened, the count stands; removed, it goes.
+        drop(store);
+        let store = open(dir.path());
+        assert_eq!(store.stored_by(PEER).expect("stored by"), 300 << 10);
+        store
+            .remove(&[block::piece_cid(&vec![9u8; 300 << 10])])
+            .expect("remove");
+        assert_eq!(store.stored_by(PEER).expect("stored by"), 0);
+    }
+
+    #[test]
+    fn a_read_error_that_may_pass_deletes_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path(), 1 << 20);
+        let data = vec![4u8; 5000];
+        put(&store, &data);
+        let piece = block::piece_cid(&data);
+        for errno in [libc::EMFILE, libc::EIO, libc::ENOMEM, libc::EACCES] {
+            *store.read_fault.lock().expect("lock") = Some(errno);
+            let err = store.read(&piece).expect_err("read fails");
+            assert!(
+                matches!(&err, Error::Io { source, .. } if source.raw_os_error() == Some(errno)),
+                "{err}"
+            );
+            let report = store.check().expect("check");
+            assert_eq!(report.rotted, Vec::<Cid>::new());
+            assert_eq!(report.unreadable.len(), 1);
+            assert!(store.contains(&piece).expect("contains"));
+            assert!(store.piece_path(&piece).exists());
+        }
+        assert_eq!(store.unreadable(), 8);
+        *store.read_fault.lock().expect("lock") = None;
+        assert_eq!(store.read(&piece).expect("read"), Some(data.into()));
+        assert_eq!((store.used(), store.count()), (5000, 1));
+    }
+
+    #[test]
+    fn a_missing_piece_file_is_damage() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path(), 1 << 20);
+        let data = vec![5u8; 5000];
+        put(&store, &data);
+        let piece = block::piece_cid(&data);
+        fs::remove_file(store.piece_path(&piece)).expect("remove");
+        assert!(matches!(store.read(&piece), Err(Error::Rotted { .. })));
+        assert!(!store.contains(&piece).expect("contains"));
+        assert_eq!((store.used(), store.count()), (0, 0));
     }
 
     #[test]

@@ -254,10 +254,20 @@ pub struct Handle {
     pub key: Key,
 }
 
+impl Handle {
+    /// The handle whole, key included (`<CID>:v1:<key>`): for the user it
+    /// is made for, never for a log.
+    pub fn reveal(&self) -> String {
+        let key = BASE32_NOPAD.encode(&self.key.0).to_ascii_lowercase();
+        format!("{}:{VERSION}:{key}", self.root)
+    }
+}
+
+/// `<CID>:v1:…`: the key is withheld, so a handle in a log or an error
+/// message gives nothing away. [`Handle::reveal`] writes it whole.
 impl fmt::Display for Handle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let key = BASE32_NOPAD.encode(&self.key.0).to_ascii_lowercase();
-        write!(f, "{}:{VERSION}:{key}", self.root)
+        write!(f, "{}:{VERSION}:…", self.root)
     }
 }
 
@@ -338,6 +348,17 @@ impl FromStr for Target {
     }
 }
 
+impl Target {
+    /// The target whole, a handle's key included ([`Handle::reveal`]).
+    pub fn reveal(&self) -> String {
+        match self {
+            Target::Plain(cid) => cid.to_string(),
+            Target::Sealed(h) => h.reveal(),
+        }
+    }
+}
+
+/// A CID, or a handle without its key.
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -420,7 +441,14 @@ mod tests {
             .parse()
             .expect("cid");
         let h = Handle { root, key: KEY };
-        let text = h.to_string();
+        let text = h.reveal();
+        assert_eq!(
+            h.to_string(),
+            format!("{root}:v1:…"),
+            "Display withholds the key"
+        );
+        let key_text = &text[text.len() - 52..];
+        assert!(!format!("{:?}", Target::Sealed(h.clone())).contains(key_text));
         assert_eq!(text.parse::<Handle>().expect("parses"), h);
         assert_eq!(text.parse::<Target>().expect("parses"), Target::Sealed(h));
         assert_eq!(

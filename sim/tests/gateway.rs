@@ -1,12 +1,14 @@
 //! The gateway's bound on requests: beyond the requests it admits (served
 //! or waiting their turn), one is told to come back, not queued, and a
-//! place freed is taken by the next.
+//! place freed is taken by the next; connections beyond the caps are closed
+//! at accept, and clients that send or read too slowly are dropped.
 
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
 use cairn_node::client::AddOptions;
 use cairn_node::gateway::{self, Limits};
+use cairn_node::http;
 use cairn_sim::{Config, Network};
 use rand::{RngCore as _, SeedableRng as _};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -52,6 +54,11 @@ async fn beyond_its_admitted_requests_the_gateway_answers_busy() -> Result<()> {
     let limits = Limits {
         running: 1,
         admitted: 2,
+        // The served client must not be dropped for not reading meanwhile.
+        http: http::Limits {
+            send_window: Duration::from_secs(300),
+            ..Default::default()
+        },
     };
     let listen = "127.0.0.1:0".parse()?;
     let server = gateway::serve_with(net.client().await?, listen, limits).await?;
@@ -80,6 +87,119 @@ async fn beyond_its_admitted_requests_the_gateway_answers_busy() -> Result<()> {
     drop(served);
     let second = head(&mut waiting).await?;
     ensure!(second.starts_with("HTTP/1.1 200"), "{second}");
+    server.stop().await;
+    net.shutdown().await;
+    Ok(())
+}
+
+/// Connects from `from` (any 127.0.0.0/8 address) to `addr`.
+async fn connect_from(from: &str, addr: &str) -> Result<TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(format!("{from}:0").parse()?)?;
+    Ok(socket.connect(addr.parse()?).await?)
+}
+
+/// Waits up to 30 s for the gateway to close `conn`, reading whatever it
+/// sends first; returns how many bytes that was.
+async fn closed(conn: &mut TcpStream) -> Result<usize> {
+    let read = async {
+        let (mut buf, mut got) = (vec![0u8; 64 << 10], 0);
+        loop {
+            match conn.read(&mut buf).await {
+                Ok(0) | Err(_) => return got,
+                Ok(n) => got += n,
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), read)
+        .await
+        .context("the gateway kept the connection open")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_idle_clients_are_dropped_and_capped_at_the_door() -> Result<()> {
+    let mut net = Network::start(Config {
+        nodes: 9,
+        ..Config::default()
+    })
+    .await?;
+    let mut data = vec![0; 32 << 20];
+    rand::rngs::StdRng::seed_from_u64(10).fill_bytes(&mut data);
+    let added = net.add(&data, &AddOptions::default()).await?;
+    let limits = Limits {
+        running: 1,
+        admitted: 8,
+        http: http::Limits {
+            connections: 16,
+            per_ip: 4,
+            header_timeout: Duration::from_secs(1),
+            min_send: 1 << 20,
+            send_window: Duration::from_secs(1),
+        },
+    };
+    let listen = "127.0.0.1:0".parse()?;
+    let server = gateway::serve_with(net.client().await?, listen, limits).await?;
+    let addr = server.url.trim_start_matches("http://").to_owned();
+    let path = format!("/ipfs/{}", added.root);
+
+    // Four connections from one address that send half a request: a fifth
+    // from there is closed at once; another address is still served.
+    let mut slow = Vec::new();
+    for _ in 0..4 {
+        let mut c = connect_from("127.0.0.2", &addr).await?;
+        c.write_all(b"GET /ipfs/").await?;
+        slow.push(c);
+    }
+    let mut fifth = connect_from("127.0.0.2", &addr).await?;
+    // A whole request, which an admitted connection would have answered.
+    let _ = fifth.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    let answered = closed(&mut fifth).await?;
+    ensure!(answered == 0, "the fifth connection was answered");
+    let mut other = connect_from("127.0.0.3", &addr).await?;
+    other
+        .write_all(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await?;
+    let answer = head(&mut other).await?;
+    ensure!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+
+    // The half-sent requests are dropped once the header timeout passes.
+    for c in &mut slow {
+        closed(c).await?;
+    }
+
+    // A client that asks for 32 MiB and reads nothing holds the one place
+    // to run until it falls below the send rate; then the next is served.
+    let mut stalled = ask(&addr, &path).await?;
+    let first = head(&mut stalled).await?;
+    ensure!(first.starts_with("HTTP/1.1 200"), "{first}");
+    ensure!(
+        first
+            .to_ascii_lowercase()
+            .contains("x-content-type-options: nosniff"),
+        "{first}"
+    );
+    ensure!(
+        first
+            .to_ascii_lowercase()
+            .contains("content-security-policy: sandbox"),
+        "{first}"
+    );
+    let mut next = ask(&addr, &path).await?;
+    let second = head(&mut next).await?;
+    ensure!(second.starts_with("HTTP/1.1 200"), "{second}");
+    closed(&mut stalled).await?;
+
+    // A subdomain request: the same content, on an origin of its own.
+    let mut c = TcpStream::connect(&addr).await?;
+    let host = format!("{}.ipfs.localhost", added.root);
+    let request = format!("HEAD / HTTP/1.1\r\nHost: {host}\r\n\r\n");
+    c.write_all(request.as_bytes()).await?;
+    let sub = head(&mut c).await?;
+    ensure!(sub.starts_with("HTTP/1.1 200"), "{sub}");
+    ensure!(
+        !sub.to_ascii_lowercase().contains("content-security-policy"),
+        "{sub}"
+    );
     server.stop().await;
     net.shutdown().await;
     Ok(())

@@ -8,7 +8,7 @@
 mod common;
 
 use std::collections::{BTreeSet, HashSet};
-use std::io::{self, Read as _};
+use std::io::{self, Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -841,6 +841,59 @@ async fn sealed_content_round_trips_and_nodes_hold_no_plaintext() -> Result<()> 
     let out = via_node(&["get", &text, "-o", path(&got)?])?;
     ensure!(out.status.success() && std::fs::read(&got)? == data);
 
+    // The handle kept off the command line: from CAIRN_HANDLE, a file, stdin.
+    let out = Command::new(&cairn)
+        .args(["cat"])
+        .env("CAIRN_HANDLE", &text)
+        .env("CAIRN_DATA_DIR", &node0)
+        .env_remove("CAIRN_BOOTSTRAP")
+        .output()?;
+    ensure!(out.status.success() && out.stdout == data);
+    let handle_file = work.path().join("handle");
+    std::fs::write(&handle_file, format!("{text}\n"))?;
+    let out = run(&["cat", "--handle-file", path(&handle_file)?])?;
+    ensure!(out.status.success() && out.stdout == data);
+    let mut child = Command::new(&cairn)
+        .args([
+            "get",
+            "--handle-file",
+            "-",
+            "-o",
+            path(&work.path().join("stdin.out"))?,
+        ])
+        .env("CAIRN_BOOTSTRAP", net.bootstrap())
+        .stdin(std::process::Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .context("stdin")?
+        .write_all(text.as_bytes())?;
+    ensure!(child.wait()?.success());
+    ensure!(std::fs::read(work.path().join("stdin.out"))? == data);
+
+    // A cat through the node cut short by its reader: the node logs that,
+    // and never the key (checked in every log below).
+    let mut child = Command::new(&cairn)
+        .args(["cat", "--handle-file", path(&handle_file)?])
+        .env("CAIRN_DATA_DIR", &node0)
+        .env_remove("CAIRN_BOOTSTRAP")
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let mut first = [0u8; 1];
+    child
+        .stdout
+        .take()
+        .context("stdout")?
+        .read_exact(&mut first)?;
+    ensure!(
+        !child.wait()?.success(),
+        "a cat whose reader left succeeded"
+    );
+    net.nodes[0].wait_log(Duration::from_secs(30), |l| {
+        l.contains("response cut short")
+    })?;
+
     let unknown = import_file(&b"never added"[..], &mut cairn_protocol::unixfs::NullSink)?.cid;
     let out = via_node(&["cat", &unknown.to_string()])?;
     let err = String::from_utf8_lossy(&out.stderr);
@@ -869,7 +922,7 @@ async fn sealed_content_round_trips_and_nodes_hold_no_plaintext() -> Result<()> 
         root: handle.root,
         key: Key([1; 32]),
     };
-    let out = run(&["cat", &wrong.to_string()])?;
+    let out = run(&["cat", &wrong.reveal()])?;
     let err = String::from_utf8_lossy(&out.stderr);
     ensure!(
         !out.status.success() && err.contains("does not open") && out.stdout.is_empty(),
@@ -900,6 +953,18 @@ async fn sealed_content_round_trips_and_nodes_hold_no_plaintext() -> Result<()> 
         }
     }
     ensure!(plain_found == 0, "{plain_found} plaintext windows on disk");
+    // No file of any node, its logs included, holds the key.
+    let key_text = text.rsplit(':').next().context("key")?;
+    for entry in walk(net.dir.path())? {
+        let bytes = std::fs::read(&entry)?;
+        ensure!(
+            !bytes
+                .windows(key_text.len())
+                .any(|w| w == key_text.as_bytes()),
+            "{} holds the key",
+            entry.display()
+        );
+    }
     ensure!(
         cipher_found.len() + 100 > cipher.len(),
         "only {} of {} ciphertext windows on disk",

@@ -327,7 +327,7 @@ impl Content {
     }
 
     /// Writes the content to `path`: a file, or a directory tree. `path` must
-    /// not exist; a file is written as `path.part` and renamed when complete.
+    /// not exist; what is written appears there whole, or not at all.
     pub fn save(&self, path: &Path) -> Result<()> {
         if path.exists() {
             bail!(
@@ -398,63 +398,95 @@ impl Content {
     }
 }
 
-/// Writes the file or directory tree `cid` as `path`, synced: a file
-/// alone, a tree's files all at once when complete.
+/// Writes the file or directory tree `cid` as `path`, synced. A file is
+/// written under a temporary name; a tree into a temporary directory, both
+/// beside `path` and renamed to it once complete, never over anything that
+/// is there by then. On failure nothing is left behind.
 fn save(source: &mut NetSource<'_>, cid: &Cid, path: &Path) -> Result<()> {
-    if !save_entry(source, cid, path, true)? {
-        return Ok(());
+    match write_file(path, true, |out| read_file(source, cid, out)) {
+        Err(e) if is_directory(&e) => {}
+        other => return other,
     }
-    let dir = fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    rustix::fs::syncfs(&dir).with_context(|| format!("cannot sync {}", path.display()))
+    let staging = temporary(path, "dir");
+    fs::create_dir(&staging).with_context(|| format!("cannot create {}", staging.display()))?;
+    let saved = save_tree(source, cid, &staging)
+        .and_then(|()| {
+            let dir = fs::File::open(&staging)
+                .with_context(|| format!("cannot open {}", staging.display()))?;
+            rustix::fs::syncfs(&dir).with_context(|| format!("cannot sync {}", path.display()))
+        })
+        .and_then(|()| rename_new(&staging, path));
+    if saved.is_err() {
+        let _ = fs::remove_dir_all(&staging);
+    }
+    saved
 }
 
-/// Writes `cid` as `path`, a file synced if `sync`; whether it was a
-/// directory, whose files are not synced.
-fn save_entry(source: &mut NetSource<'_>, cid: &Cid, path: &Path, sync: bool) -> Result<bool> {
-    let written = write_file(path, sync, |out| {
-        Ok(unixfs::read_range(&mut *source, cid, 0, None, out).map(drop)?)
-    });
-    match written {
-        Err(e) if matches!(e.downcast_ref(), Some(ReadError::IsDirectory { .. })) => {
-            fs::create_dir(path).with_context(|| format!("cannot create {}", path.display()))?;
-            for entry in unixfs::list_directory(source, cid)? {
-                save_entry(source, &entry.cid, &path.join(&entry.name), false)?;
+/// Writes the entries of directory `cid` into `dir`, files unsynced.
+fn save_tree(source: &mut NetSource<'_>, cid: &Cid, dir: &Path) -> Result<()> {
+    for entry in unixfs::list_directory(source, cid)? {
+        let path = dir.join(&entry.name);
+        match write_file(&path, false, |out| read_file(source, &entry.cid, out)) {
+            Err(e) if is_directory(&e) => {
+                fs::create_dir(&path)
+                    .with_context(|| format!("cannot create {}", path.display()))?;
+                save_tree(source, &entry.cid, &path)?;
             }
-            Ok(true)
+            other => other?,
         }
-        other => other.map(|()| false),
     }
+    Ok(())
 }
 
-/// Writes a file through `write` as `path.part`, synced if `sync`, and
-/// renamed to `path` once complete; removes the part on failure.
+fn read_file(source: &mut NetSource<'_>, cid: &Cid, out: &mut direct::Writer) -> Result<()> {
+    Ok(unixfs::read_range(source, cid, 0, None, out).map(drop)?)
+}
+
+fn is_directory(e: &anyhow::Error) -> bool {
+    matches!(e.downcast_ref(), Some(ReadError::IsDirectory { .. }))
+}
+
+/// A fresh name beside `path`: `.NAME.RANDOM.what`, hidden and unguessable,
+/// so nothing can be planted there (a symlink) before it is created.
+fn temporary(path: &Path, what: &str) -> std::path::PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.{:016x}.{what}", rand::random::<u64>()))
+}
+
+/// Renames `from` to `to`, failing if `to` exists by then.
+fn rename_new(from: &Path, to: &Path) -> Result<()> {
+    use rustix::fs::{CWD, RenameFlags, renameat_with};
+    renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE)
+        .with_context(|| format!("cannot rename {} to {}", from.display(), to.display()))
+}
+
+/// Writes a file through `write` under a [`temporary`] name created
+/// exclusively (never through a symlink), synced if `sync`, and renamed to
+/// `path` once complete; removes it on failure.
 fn write_file(
     path: &Path,
     sync: bool,
     write: impl FnOnce(&mut direct::Writer) -> Result<()>,
 ) -> Result<()> {
-    let part = path.with_extension(match path.extension() {
-        Some(e) => format!("{}.part", e.to_string_lossy()),
-        None => "part".into(),
-    });
-    let mut out = direct::Writer::create(&part)
+    let part = temporary(path, "part");
+    let mut out = direct::Writer::create_new(&part)
         .with_context(|| format!("cannot create {}", part.display()))?;
-    let written = write(&mut out).and_then(|()| {
-        match sync {
-            true => out.finish(),
-            false => out.finish_unsynced(),
-        }
-        .with_context(|| format!("cannot write {}", part.display()))
-    });
-    match written {
-        Ok(()) => {
-            fs::rename(&part, path).with_context(|| format!("cannot rename {}", part.display()))
-        }
-        Err(e) => {
-            let _ = fs::remove_file(&part);
-            Err(e)
-        }
+    let written = write(&mut out)
+        .and_then(|()| {
+            match sync {
+                true => out.finish(),
+                false => out.finish_unsynced(),
+            }
+            .with_context(|| format!("cannot write {}", part.display()))
+        })
+        .and_then(|()| rename_new(&part, path));
+    if written.is_err() {
+        let _ = fs::remove_file(&part);
     }
+    written
 }
 
 /// A segment as fetched: its `k` data pieces, whose concatenation cut to
@@ -1165,6 +1197,30 @@ async fn fetch_piece(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_is_written_whole_or_not_at_all_and_never_through_a_symlink() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let victim = dir.path().join("victim");
+        fs::write(&victim, b"keep").expect("victim");
+        // Something planted at the output: not followed, not replaced.
+        let out = dir.path().join("out");
+        std::os::unix::fs::symlink(&victim, &out).expect("symlink");
+        let err = write_file(&out, false, |w| Ok(w.write_all(b"new")?)).expect_err("exists");
+        assert!(format!("{err:#}").contains("exists"), "{err:#}");
+        assert_eq!(fs::read(&victim).expect("read"), b"keep");
+        // A failed write leaves nothing; a good one leaves just the file.
+        let fresh = dir.path().join("fresh");
+        write_file(&fresh, false, |_| anyhow::bail!("cut short")).expect_err("fails");
+        write_file(&fresh, true, |w| Ok(w.write_all(b"whole")?)).expect("writes");
+        assert_eq!(fs::read(&fresh).expect("read"), b"whole");
+        let mut names: Vec<_> = fs::read_dir(dir.path())
+            .expect("list")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["fresh", "out", "victim"]);
+    }
 
     #[test]
     fn the_cache_drops_a_passed_segment_before_one_ahead() {

@@ -318,7 +318,8 @@ pub fn list_directory(
         DataType::File | DataType::Raw => return Err(ReadError::IsFile { cid: *cid }),
         _ => return Err(ReadError::Unsupported { cid: *cid }),
     }
-    node.links
+    let entries = node
+        .links
         .iter()
         .map(|l| {
             let name = l
@@ -327,7 +328,16 @@ pub fn list_directory(
                 .ok_or_else(|| malformed(cid, "directory link without a name"))?;
             Ok(DirEntry::of(l, check_name(cid, name)?))
         })
-        .collect()
+        .collect::<Result<Vec<_>, ReadError>>()?;
+    // dag-pb sorts links by name: one named twice, or out of order, is not
+    // a directory any encoder writes (and would overwrite a file on save).
+    if let Some(w) = entries.windows(2).find(|w| w[0].name >= w[1].name) {
+        return Err(malformed(
+            cid,
+            format!("entries {:?} and {:?} out of order", w[0].name, w[1].name),
+        ));
+    }
+    Ok(entries)
 }
 
 /// `name`, if it is safe to create in a directory: not empty, `.`, `..`
