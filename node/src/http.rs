@@ -31,9 +31,11 @@ use tokio::time::{Instant, Sleep};
 /// What one HTTP server lets its clients hold.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// Connections open at once. Default 512.
+    /// Connections open at once. Default 1,024.
     pub connections: usize,
-    /// Connections open at once from one IP address. Default 64.
+    /// Connections open at once from one IP address. Default 256: a client
+    /// reading a DAG (Helia) asks for a node's 174 leaves at once, each on
+    /// a connection of its own.
     pub per_ip: usize,
     /// Time a client has to send a request's headers once the server waits
     /// for them (also the idle time of a kept-alive connection). Default 10 s.
@@ -47,8 +49,8 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            connections: 512,
-            per_ip: 64,
+            connections: 1024,
+            per_ip: 256,
             header_timeout: Duration::from_secs(10),
             min_send: 64 << 10,
             send_window: Duration::from_secs(10),
@@ -362,9 +364,9 @@ mod tests {
     #[test]
     fn connection_caps_stay_within_the_open_file_limit() {
         let l = within_open_files(Limits::default(), 1024, 2);
-        assert_eq!((l.connections, l.per_ip), (192, 64));
+        assert_eq!((l.connections, l.per_ip), (192, 192));
         let l = within_open_files(Limits::default(), 1 << 20, 2);
-        assert_eq!(l.connections, 512);
+        assert_eq!((l.connections, l.per_ip), (1024, 256));
         let l = within_open_files(Limits::default(), 100, 2);
         assert_eq!(l.connections, 1);
     }
