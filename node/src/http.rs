@@ -7,7 +7,8 @@
 //!   request, so it is also the keep-alive idle timeout;
 //! - a minimum send rate: a response blocked on a client that does not read
 //!   must get [`Limits::min_send`] bytes out within [`Limits::send_window`]
-//!   of blocking, or the connection is dropped (and what it held freed);
+//!   of blocking (or catch up: all it had to send taken by the socket), or
+//!   the connection is dropped (and what it held freed);
 //! - a failed accept (out of descriptors) backs off instead of spinning.
 
 use std::collections::HashMap;
@@ -294,8 +295,15 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Paced<S> {
         self.io.is_write_vectored()
     }
 
+    /// hyper flushes the socket once its own buffer is empty: the writer
+    /// has caught up, and the clock stops (a connection left idle after a
+    /// short answer is not timed from its last blocked write).
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
+        let flushed = Pin::new(&mut self.io).poll_flush(cx);
+        if let Poll::Ready(Ok(())) = flushed {
+            self.clock = None;
+        }
+        flushed
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -346,7 +354,7 @@ pub fn within_open_files(limits: Limits, open_files: u64, servers: u64) -> Limit
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::AsyncWriteExt as _;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
     #[test]
     fn admission_caps_all_and_per_ip_and_frees_on_drop() {
@@ -394,6 +402,27 @@ mod tests {
         }
         drop(paced);
         assert_eq!(drain.await??, 512_000);
+
+        // A short answer that blocked once, then caught up: the connection
+        // may idle past the window and block again without being dropped.
+        let (server, mut reader) = tokio::io::duplex(1024);
+        let mut paced = Paced::new(server, 4096, Duration::from_millis(200));
+        let read_all = async {
+            let mut buf = vec![0u8; 2048];
+            reader.read_exact(&mut buf).await?;
+            anyhow::Ok(reader)
+        };
+        let (wrote, reader) = tokio::join!(paced.write_all(&[1u8; 2048]), read_all);
+        wrote?;
+        paced.flush().await?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let mut reader = reader?;
+        let read_again = async {
+            let mut again = vec![0u8; 2048];
+            reader.read_exact(&mut again).await.map(drop)
+        };
+        // A failed write ends it (the read would wait on).
+        tokio::try_join!(paced.write_all(&[1u8; 2048]), read_again)?;
         Ok(())
     }
 }
