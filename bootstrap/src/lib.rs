@@ -18,6 +18,7 @@ use libp2p::{
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
     limits: libp2p::connection_limits::Behaviour,
+    per_ip: net::per_ip::Behaviour,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     autonat: autonat::Behaviour,
@@ -71,6 +72,7 @@ impl Bootstrap {
                 kad.set_mode(Some(kad::Mode::Server));
                 Behaviour {
                     limits: net::connection_limits(config.max_connections),
+                    per_ip: net::per_ip::Behaviour::new(net::per_ip::DEFAULT_MAX_PER_IP),
                     identify: identify::Behaviour::new(net::identify_config(key)),
                     ping: ping::Behaviour::default(),
                     autonat: autonat::Behaviour::new(peer_id, autonat::Config::default()),

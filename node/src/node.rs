@@ -52,7 +52,12 @@ pub struct Config {
     pub bootstrap: Vec<Multiaddr>,
     /// Addresses others can reach this node at, announced as confirmed.
     pub external: Vec<Multiaddr>,
+    /// Connections in all, three quarters of them at most inbound.
+    /// Default 512.
     pub max_connections: u32,
+    /// Inbound connections from one IP address, loopback exempt. Default
+    /// 16 ([`net::per_ip::DEFAULT_MAX_PER_IP`]).
+    pub max_per_ip: u32,
     /// A connection with no stream open closes after this long. Default 60 s.
     pub idle_timeout: Duration,
     /// How often Kademlia refreshes the routing table; `None` only when it
@@ -152,6 +157,7 @@ impl Config {
             bootstrap: Vec::new(),
             external: Vec::new(),
             max_connections: 512,
+            max_per_ip: net::per_ip::DEFAULT_MAX_PER_IP,
             idle_timeout: Duration::from_secs(60),
             dht_refresh: Some(net::DHT_REFRESH),
             announce_interval: Duration::from_secs(12 * 3600),
@@ -690,7 +696,7 @@ fn build_swarm(
     serve: bool,
 ) -> Result<Swarm<Behaviour>, StartError> {
     let net = |e: &dyn std::fmt::Display| StartError::Network(e.to_string());
-    let max = config.max_connections;
+    let (max, per_ip) = (config.max_connections, config.max_per_ip);
     let idle = config.idle_timeout;
     let refresh = config.dht_refresh;
     let builder = SwarmBuilder::with_existing_identity(key.clone()).with_tokio();
@@ -706,7 +712,7 @@ fn build_swarm(
             .with_relay_client(noise::Config::new, yamux::Config::default)
             .map_err(|e| net(&e))?
             .with_behaviour(|key, relay| {
-                Behaviour::new(key, Some(relay), providers, max, serve, refresh)
+                Behaviour::new(key, Some(relay), providers, max, per_ip, serve, refresh)
             })
             .map_err(|e| net(&e))?
             .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
@@ -714,7 +720,7 @@ fn build_swarm(
         Transport::Memory { noise: encrypt } => builder
             .with_other_transport(|key| memory_transport(key, encrypt))
             .map_err(|e| net(&e))?
-            .with_behaviour(|key| Behaviour::new(key, None, providers, max, serve, refresh))
+            .with_behaviour(|key| Behaviour::new(key, None, providers, max, per_ip, serve, refresh))
             .map_err(|e| net(&e))?
             .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
             .build(),

@@ -2,6 +2,7 @@
 //! swarm is built.
 
 pub mod codec;
+pub mod per_ip;
 pub mod provide;
 pub mod providers;
 pub mod relay_slots;
@@ -36,6 +37,7 @@ pub struct Behaviour {
     /// Peers this node refuses to be connected to (simulated partitions).
     pub blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     pub limits: connection_limits::Behaviour,
+    pub per_ip: per_ip::Behaviour,
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
     /// NAT traversal, on real networks only: in one process every peer
@@ -77,11 +79,14 @@ pub fn identify_config(key: &Keypair) -> identify::Config {
         .with_agent_version(format!("cairn/{}", env!("CARGO_PKG_VERSION")))
 }
 
-/// Connection limits: `max` established in all, 4 per peer, 64 pending each way.
+/// Connection limits: `max` established in all, of which at most three
+/// quarters inbound (the rest is kept for this peer's own dials), 4 per
+/// peer, 64 pending each way.
 pub fn connection_limits(max: u32) -> connection_limits::Behaviour {
     connection_limits::Behaviour::new(
         connection_limits::ConnectionLimits::default()
             .with_max_established(Some(max))
+            .with_max_established_incoming(Some(max - max / 4))
             .with_max_established_per_peer(Some(4))
             .with_max_pending_incoming(Some(64))
             .with_max_pending_outgoing(Some(64)),
@@ -97,6 +102,7 @@ impl Behaviour {
         relay: Option<relay::client::Behaviour>,
         providers: ProviderStore,
         max_connections: u32,
+        max_per_ip: u32,
         serve: bool,
         dht_refresh: Option<Duration>,
     ) -> Self {
@@ -115,6 +121,7 @@ impl Behaviour {
         Behaviour {
             blocked: allow_block_list::Behaviour::default(),
             limits: connection_limits(max_connections),
+            per_ip: per_ip::Behaviour::new(max_per_ip),
             identify: identify::Behaviour::new(identify_config(key)),
             ping: ping::Behaviour::default(),
             autonat: Toggle::from(

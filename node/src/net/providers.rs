@@ -15,7 +15,7 @@
 //!   flushed, as with redb's non-durable commits.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -51,6 +51,10 @@ pub struct Limits {
     pub max_per_key: usize,
     /// Addresses kept per provider. Default 8.
     pub max_addrs: usize,
+    /// Records kept from one provider. Default 1,000,000: a node holding
+    /// 4 TiB of 4 MiB pieces, each announced to every server of a small
+    /// network, stays within it; ten providers cannot fill the store.
+    pub max_per_provider: u64,
 }
 
 impl Default for Limits {
@@ -59,6 +63,7 @@ impl Default for Limits {
             max_records: 10_000_000,
             max_per_key: 20,
             max_addrs: 8,
+            max_per_provider: 1_000_000,
         }
     }
 }
@@ -70,6 +75,8 @@ pub struct ProviderStore {
     limits: Limits,
     /// Records held, in the table or pending.
     records: u64,
+    /// Of those, per provider (peer ID bytes).
+    per_provider: HashMap<Vec<u8>, u64>,
     /// Written or refreshed since the last batch; may shadow table rows.
     pending: Pending,
     values: MemoryStore,
@@ -95,16 +102,20 @@ impl ProviderStore {
         let txn = db.begin_write()?;
         txn.open_table(PROVIDERS)?;
         txn.commit()?;
-        let records = {
-            use redb::ReadableTableMetadata as _;
-            db.begin_read()?.open_table(PROVIDERS)?.len()?
-        };
+        // One pass over the keys: what each provider holds here.
+        let (mut records, mut per_provider) = (0, HashMap::new());
+        for entry in redb::ReadableTable::iter(&db.begin_read()?.open_table(PROVIDERS)?)? {
+            let (k, _) = entry?;
+            records += 1;
+            *per_provider.entry(k.value().1.to_vec()).or_default() += 1;
+        }
         Ok(ProviderStore {
             local,
             db: Arc::new(db),
             pieces,
             limits,
             records,
+            per_provider,
             pending: Pending::new(),
             values: MemoryStore::new(local),
         })
@@ -167,8 +178,14 @@ impl ProviderStore {
                 use redb::ReadableTableMetadata as _;
                 table.len()?
             };
-            table.retain(|_, v| {
-                serde_ipld_dagcbor::from_slice::<Stored>(v).is_ok_and(|s| s.expires_at > now)
+            let per_provider = &mut self.per_provider;
+            table.retain(|k, v| {
+                let keep =
+                    serde_ipld_dagcbor::from_slice::<Stored>(v).is_ok_and(|s| s.expires_at > now);
+                if !keep {
+                    forget(per_provider, k.1);
+                }
+                keep
             })?;
             let after = {
                 use redb::ReadableTableMetadata as _;
@@ -190,6 +207,16 @@ impl ProviderStore {
             expires: None,
             addresses: Vec::new(),
         })
+    }
+}
+
+/// One record of `provider` fewer.
+fn forget(per_provider: &mut HashMap<Vec<u8>, u64>, provider: &[u8]) {
+    if let Some(n) = per_provider.get_mut(provider) {
+        *n -= 1;
+        if *n == 0 {
+            per_provider.remove(provider);
+        }
     }
 }
 
@@ -247,6 +274,9 @@ impl RecordStore for ProviderStore {
             if held.len() >= self.limits.max_per_key {
                 return Ok(());
             }
+            if self.per_provider.get(&id.1).copied().unwrap_or(0) >= self.limits.max_per_provider {
+                return Err(KadError::MaxProvidedKeys);
+            }
         }
         // The batch never grows past PENDING, even while writes fail.
         if self.pending.len() >= PENDING
@@ -255,7 +285,10 @@ impl RecordStore for ProviderStore {
             tracing::warn!(error = %e, "could not store provider records");
             return Err(KadError::MaxRecords);
         }
-        self.records += u64::from(!known);
+        if !known {
+            self.records += 1;
+            *self.per_provider.entry(id.1.clone()).or_default() += 1;
+        }
         self.pending.insert(id, value);
         Ok(())
     }
@@ -315,6 +348,7 @@ impl RecordStore for ProviderStore {
         match removed() {
             Ok(removed) if removed || pending.is_some() => {
                 self.records = self.records.saturating_sub(1);
+                forget(&mut self.per_provider, &provider);
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "could not remove a provider record"),
@@ -333,6 +367,48 @@ mod tests {
             expires: Some(Instant::now() + ttl),
             addresses: vec!["/ip4/127.0.0.1/tcp/4001".parse().expect("addr")],
         }
+    }
+
+    #[test]
+    fn one_provider_is_held_to_its_share() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("providers.redb");
+        let local = PeerId::random();
+        let limits = Limits {
+            max_per_provider: 2,
+            ..Limits::default()
+        };
+        let (a, b) = (PeerId::random(), PeerId::random());
+        let keys: Vec<RecordKey> = (0..4u8).map(|i| RecordKey::new(&[i; 8])).collect();
+        let hour = Duration::from_secs(3600);
+        {
+            let mut store = ProviderStore::open(&path, local, None, limits.clone()).expect("open");
+            store
+                .add_provider(record(&keys[0], a, hour))
+                .expect("first");
+            store
+                .add_provider(record(&keys[1], a, hour))
+                .expect("second");
+            assert!(
+                store.add_provider(record(&keys[2], a, hour)).is_err(),
+                "third"
+            );
+            store
+                .add_provider(record(&keys[1], a, hour))
+                .expect("a refresh is no new record");
+            store
+                .add_provider(record(&keys[2], b, hour))
+                .expect("another provider");
+            store.flush().expect("flush");
+        }
+        // Counted again at open; a removed record frees a place.
+        let mut store = ProviderStore::open(&path, local, None, limits).expect("reopen");
+        assert!(store.add_provider(record(&keys[3], a, hour)).is_err());
+        store.remove_provider(&keys[0], &a);
+        store
+            .add_provider(record(&keys[3], a, hour))
+            .expect("after a removal");
+        assert_eq!(store.records(), 3);
     }
 
     #[test]
