@@ -55,6 +55,8 @@ const INDEXED: usize = 1 << 17;
 const RUNNING: usize = 64;
 /// Requests served or waiting; more are told to come back (503).
 const ADMITTED: usize = 1024;
+/// Bytes of segments the requests hold together.
+const BUFFERS: u64 = 256 << 20;
 /// Bytes a file's type is sniffed from when its name does not tell.
 const SNIFF: u64 = 512;
 /// What a name escapes in a link: all but RFC 3986's unreserved characters.
@@ -70,6 +72,9 @@ const ESCAPED: &AsciiSet = &NON_ALPHANUMERIC
 pub struct Limits {
     pub running: usize,
     pub admitted: usize,
+    /// Bytes of segments all requests together hold, fetched ahead, being
+    /// read or kept ([`client::Budget`]). Default 256 MiB.
+    pub buffers: u64,
     pub http: http::Limits,
 }
 
@@ -78,6 +83,7 @@ impl Default for Limits {
         Limits {
             running: RUNNING,
             admitted: ADMITTED,
+            buffers: BUFFERS,
             http: http::Limits::default(),
         }
     }
@@ -100,6 +106,7 @@ pub async fn serve_with(net: Handle, listen: SocketAddr, limits: Limits) -> Resu
         limits,
         admitted: Arc::new(Semaphore::new(limits.admitted)),
         running: Arc::new(Semaphore::new(limits.running)),
+        budget: client::Budget::new(limits.buffers),
     };
     let app = Router::new()
         .route("/ipfs/{*path}", get(ipfs))
@@ -116,6 +123,7 @@ struct Ctx {
     limits: Limits,
     admitted: Arc<Semaphore>,
     running: Arc<Semaphore>,
+    budget: client::Budget,
 }
 
 /// Content lately asked for, and where its blocks are.
@@ -172,7 +180,11 @@ impl Ctx {
         if let Some(found) = client::lock(&self.opened).find(&cid) {
             return Ok(found);
         }
-        let content = Content::open(&self.net, cid, GetOptions::default())
+        let options = GetOptions {
+            budget: Some(self.budget.clone()),
+            ..GetOptions::default()
+        };
+        let content = Content::open(&self.net, cid, options)
             .await
             .map_err(Failure::from)?;
         let content = Arc::new(content);

@@ -1,11 +1,12 @@
 //! The gateway's bound on requests: beyond the requests it admits (served
 //! or waiting their turn), one is told to come back, not queued, and a
 //! place freed is taken by the next; connections beyond the caps are closed
-//! at accept, and clients that send or read too slowly are dropped.
+//! at accept, clients that send or read too slowly are dropped, and all
+//! requests together hold no more segment bytes than the budget.
 
 use std::time::Duration;
 
-use anyhow::{Context as _, Result, ensure};
+use anyhow::{Context as _, Result, bail, ensure};
 use cairn_node::client::AddOptions;
 use cairn_node::gateway::{self, Limits};
 use cairn_node::http;
@@ -59,6 +60,7 @@ async fn beyond_its_admitted_requests_the_gateway_answers_busy() -> Result<()> {
             send_window: Duration::from_secs(300),
             ..Default::default()
         },
+        ..Default::default()
     };
     let listen = "127.0.0.1:0".parse()?;
     let server = gateway::serve_with(net.client().await?, listen, limits).await?;
@@ -136,6 +138,7 @@ async fn slow_and_idle_clients_are_dropped_and_capped_at_the_door() -> Result<()
             min_send: 1 << 20,
             send_window: Duration::from_secs(1),
         },
+        ..Default::default()
     };
     let listen = "127.0.0.1:0".parse()?;
     let server = gateway::serve_with(net.client().await?, listen, limits).await?;
@@ -200,6 +203,50 @@ async fn slow_and_idle_clients_are_dropped_and_capped_at_the_door() -> Result<()
         !sub.to_ascii_lowercase().contains("content-security-policy"),
         "{sub}"
     );
+    server.stop().await;
+    net.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_share_one_byte_budget_for_segments() -> Result<()> {
+    let mut net = Network::start(Config {
+        nodes: 9,
+        ..Config::default()
+    })
+    .await?;
+    let mut data = vec![0; 32 << 20];
+    rand::rngs::StdRng::seed_from_u64(11).fill_bytes(&mut data);
+    let added = net.add(&data, &AddOptions::default()).await?;
+    // One segment (6 pieces of 4 MiB) is the whole budget.
+    let limits = Limits {
+        running: 4,
+        buffers: 24 << 20,
+        http: http::Limits {
+            send_window: Duration::from_secs(300),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let listen = "127.0.0.1:0".parse()?;
+    let server = gateway::serve_with(net.client().await?, listen, limits).await?;
+    let addr = server.url.trim_start_matches("http://").to_owned();
+    let path = format!("/ipfs/{}", added.root);
+
+    // A holds the budget with a segment it cannot send to a client that
+    // does not read; B, with room to run, waits for bytes to hold.
+    let mut a = ask(&addr, &path).await?;
+    let first = head(&mut a).await?;
+    ensure!(first.starts_with("HTTP/1.1 200"), "{first}");
+    let mut b = ask(&addr, &path).await?;
+    tokio::select! {
+        h = head(&mut b) => bail!("B was answered while A held the whole budget: {h:?}"),
+        () = tokio::time::sleep(Duration::from_secs(3)) => {}
+    }
+    // A leaves: what it held is free, and B is served.
+    drop(a);
+    let second = head(&mut b).await?;
+    ensure!(second.starts_with("HTTP/1.1 200"), "{second}");
     server.stop().await;
     net.shutdown().await;
     Ok(())

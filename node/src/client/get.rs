@@ -22,6 +22,7 @@ use cid::Cid;
 use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
 use libp2p::PeerId;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::JoinHandle;
 
 use super::{DEFAULT_HEDGE_AFTER, Hedge, find_manifest, lock};
@@ -38,6 +39,41 @@ pub struct GetOptions {
     /// A block read alone, by a range of its piece, that is not in after
     /// this long is fetched with its segments instead.
     pub range_patience: Duration,
+    /// Bytes of segments that every read sharing it may hold at once,
+    /// fetched ahead, read or kept; `None`: no bound but the window.
+    pub budget: Option<Budget>,
+}
+
+/// A byte budget several reads share (the gateway's): a segment is fetched
+/// ahead only if it fits, and a read that needs one that does not fit
+/// gives up all it holds before it waits, so no two reads wait on each
+/// other. Counted in KiB.
+#[derive(Debug, Clone)]
+pub struct Budget {
+    kib: Arc<tokio::sync::Semaphore>,
+    total: u32,
+}
+
+impl Budget {
+    pub fn new(bytes: u64) -> Self {
+        let total = u32::try_from(bytes >> 10).unwrap_or(u32::MAX).max(1);
+        Budget {
+            kib: Arc::new(tokio::sync::Semaphore::new(total as usize)),
+            total,
+        }
+    }
+
+    /// Bytes not held by any read now.
+    pub fn available(&self) -> u64 {
+        (self.kib.available_permits() as u64) << 10
+    }
+
+    /// What `bytes` cost, no more than the whole budget.
+    fn cost(&self, bytes: u64) -> u32 {
+        u32::try_from(bytes.div_ceil(1024))
+            .unwrap_or(u32::MAX)
+            .min(self.total)
+    }
 }
 
 impl Default for GetOptions {
@@ -46,6 +82,7 @@ impl Default for GetOptions {
             segments_in_flight: 4,
             hedge_after: DEFAULT_HEDGE_AFTER,
             range_patience: Duration::from_secs(1),
+            budget: None,
         }
     }
 }
@@ -496,6 +533,8 @@ struct Segment {
     pieces: Vec<Bytes>,
     piece_len: u64,
     len: u64,
+    /// Its share of the read's [`Budget`], given back when it is dropped.
+    _budget: Option<OwnedSemaphorePermit>,
 }
 
 impl Segment {
@@ -509,6 +548,7 @@ impl Segment {
             pieces,
             piece_len,
             len,
+            _budget: None,
         })
     }
 
@@ -602,7 +642,15 @@ impl NetSource<'_> {
             if (Some(s) == first || (!self.cached(s) && self.in_flight.len() < window))
                 && !self.in_flight.contains_key(&s)
             {
-                let task = self.spawn(s);
+                let budget = match Some(s) == first {
+                    true => self.needed(s),
+                    // Ahead only within the budget.
+                    false => match self.spare(s) {
+                        Some(budget) => budget,
+                        None => break,
+                    },
+                };
+                let task = self.spawn(s, budget);
                 self.in_flight.insert(s, task);
                 if Some(s) != first {
                     lock(&self.content.stats).ahead += 1;
@@ -615,9 +663,51 @@ impl NetSource<'_> {
         self.cache.iter().any(|(i, _)| *i == index)
     }
 
+    /// Budget units of segment `index`.
+    fn cost(&self, budget: &Budget, index: u64) -> u32 {
+        let m = &self.content.manifest;
+        budget.cost(u64::from(m.scheme.k) * m.piece_len(index))
+    }
+
+    /// Segment `index`'s share of the budget if it is free now: `None` if
+    /// not, `Some(None)` with no budget.
+    fn spare(&self, index: u64) -> Option<Option<OwnedSemaphorePermit>> {
+        let Some(budget) = &self.content.options.budget else {
+            return Some(None);
+        };
+        let cost = self.cost(budget, index);
+        budget
+            .kib
+            .clone()
+            .try_acquire_many_owned(cost)
+            .ok()
+            .map(Some)
+    }
+
+    /// Segment `index`'s share of the budget, waited for if need be: with
+    /// all this read holds given up first (it holds nothing while it
+    /// waits, so reads never wait on each other).
+    fn needed(&mut self, index: u64) -> Option<OwnedSemaphorePermit> {
+        if let Some(got) = self.spare(index) {
+            return got;
+        }
+        let budget = self.content.options.budget.clone()?;
+        self.cache.clear();
+        for (_, task) in self.in_flight.drain() {
+            task.abort();
+        }
+        let cost = self.cost(&budget, index);
+        // The semaphore is never closed.
+        self.rt.block_on(budget.kib.acquire_many_owned(cost)).ok()
+    }
+
     /// Starts fetching segment `index`; its data pieces are checked on
     /// arrival once a block of it has failed ([`NetSource::rejected`]).
-    fn spawn(&self, index: u64) -> JoinHandle<Result<Arc<Segment>>> {
+    fn spawn(
+        &self,
+        index: u64,
+        budget: Option<OwnedSemaphorePermit>,
+    ) -> JoinHandle<Result<Arc<Segment>>> {
         let c = self.content;
         self.rt.spawn(fetch_segment(
             c.net.clone(),
@@ -626,6 +716,7 @@ impl NetSource<'_> {
             self.checked.contains(&index),
             c.hedge.clone(),
             c.stats.clone(),
+            budget,
         ))
     }
 
@@ -675,7 +766,8 @@ impl NetSource<'_> {
         }
         self.checked.insert(index);
         lock(&self.content.stats).rechecked += 1;
-        let task = self.spawn(index);
+        let budget = self.needed(index);
+        let task = self.spawn(index, budget);
         self.land(index, task).map(drop)
     }
 
@@ -940,6 +1032,7 @@ async fn fetch_segment(
     check_data: bool,
     hedge: Arc<Hedge>,
     stats: Arc<Mutex<GetStats>>,
+    budget: Option<OwnedSemaphorePermit>,
 ) -> Result<Arc<Segment>> {
     let scheme = manifest.scheme;
     let k = scheme.k as usize;
@@ -1048,8 +1141,9 @@ async fn fetch_segment(
     } else {
         pieces.into_iter().take(k).flatten().collect()
     };
-    let segment = Segment::new(data, piece_len, len)
+    let mut segment = Segment::new(data, piece_len, len)
         .with_context(|| format!("cannot decode segment {index}"))?;
+    segment._budget = budget;
     let mut s = lock(&stats);
     s.segments.insert(index);
     s.segment_fetches += 1;

@@ -23,7 +23,7 @@ use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
 use libp2p::PeerId;
 
-pub use get::{Content, GetOptions, GetStats, Unknown};
+pub use get::{Budget, Content, GetOptions, GetStats, Unknown};
 pub use put::{AddOptions, Added, Input, Progress, add};
 pub(crate) use put::{Renewal, renew, upload};
 
