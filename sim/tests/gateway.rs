@@ -40,18 +40,49 @@ async fn head(conn: &mut TcpStream) -> Result<String> {
         .context("no answer within 30 s")?
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn beyond_its_admitted_requests_the_gateway_answers_busy() -> Result<()> {
+/// A gateway with `limits` in front of 9 simulated nodes holding 32 MiB
+/// of random content (far more than the kernel buffers on loopback: a
+/// client that reads nothing holds its request unfinished).
+struct Served {
+    net: Network,
+    server: http::Server,
+    addr: String,
+    /// `/ipfs/CID` of the content.
+    path: String,
+    root: cid::Cid,
+}
+
+async fn serve(seed: u64, limits: Limits) -> Result<Served> {
     let mut net = Network::start(Config {
         nodes: 9,
         ..Config::default()
     })
     .await?;
-    // Far more than the kernel buffers on loopback: a client that reads
-    // nothing holds its request unfinished.
     let mut data = vec![0; 32 << 20];
-    rand::rngs::StdRng::seed_from_u64(9).fill_bytes(&mut data);
+    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut data);
     let added = net.add(&data, &AddOptions::default()).await?;
+    let listen = "127.0.0.1:0".parse()?;
+    let server = gateway::serve_with(net.client().await?, listen, limits).await?;
+    let addr = server.url.trim_start_matches("http://").to_owned();
+    let path = format!("/ipfs/{}", added.root);
+    Ok(Served {
+        net,
+        server,
+        addr,
+        path,
+        root: added.root,
+    })
+}
+
+impl Served {
+    async fn stop(self) {
+        self.server.stop().await;
+        self.net.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beyond_its_admitted_requests_the_gateway_answers_busy() -> Result<()> {
     let limits = Limits {
         running: 1,
         admitted: 2,
@@ -62,10 +93,8 @@ async fn beyond_its_admitted_requests_the_gateway_answers_busy() -> Result<()> {
         },
         ..Default::default()
     };
-    let listen = "127.0.0.1:0".parse()?;
-    let server = gateway::serve_with(net.client().await?, listen, limits).await?;
-    let addr = server.url.trim_start_matches("http://").to_owned();
-    let path = format!("/ipfs/{}", added.root);
+    let gw = serve(9, limits).await?;
+    let (addr, path) = (gw.addr.clone(), gw.path.clone());
 
     // One served: its answer has begun and stalls on a client that does
     // not read.
@@ -89,8 +118,7 @@ async fn beyond_its_admitted_requests_the_gateway_answers_busy() -> Result<()> {
     drop(served);
     let second = head(&mut waiting).await?;
     ensure!(second.starts_with("HTTP/1.1 200"), "{second}");
-    server.stop().await;
-    net.shutdown().await;
+    gw.stop().await;
     Ok(())
 }
 
@@ -120,14 +148,6 @@ async fn closed(conn: &mut TcpStream) -> Result<usize> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_and_idle_clients_are_dropped_and_capped_at_the_door() -> Result<()> {
-    let mut net = Network::start(Config {
-        nodes: 9,
-        ..Config::default()
-    })
-    .await?;
-    let mut data = vec![0; 32 << 20];
-    rand::rngs::StdRng::seed_from_u64(10).fill_bytes(&mut data);
-    let added = net.add(&data, &AddOptions::default()).await?;
     let limits = Limits {
         running: 1,
         admitted: 8,
@@ -140,10 +160,8 @@ async fn slow_and_idle_clients_are_dropped_and_capped_at_the_door() -> Result<()
         },
         ..Default::default()
     };
-    let listen = "127.0.0.1:0".parse()?;
-    let server = gateway::serve_with(net.client().await?, listen, limits).await?;
-    let addr = server.url.trim_start_matches("http://").to_owned();
-    let path = format!("/ipfs/{}", added.root);
+    let gw = serve(10, limits).await?;
+    let (addr, path) = (gw.addr.clone(), gw.path.clone());
 
     // Four connections from one address that send half a request: a fifth
     // from there is closed at once; another address is still served.
@@ -194,7 +212,7 @@ async fn slow_and_idle_clients_are_dropped_and_capped_at_the_door() -> Result<()
 
     // A subdomain request: the same content, on an origin of its own.
     let mut c = TcpStream::connect(&addr).await?;
-    let host = format!("{}.ipfs.localhost", added.root);
+    let host = format!("{}.ipfs.localhost", gw.root);
     let request = format!("HEAD / HTTP/1.1\r\nHost: {host}\r\n\r\n");
     c.write_all(request.as_bytes()).await?;
     let sub = head(&mut c).await?;
@@ -203,21 +221,12 @@ async fn slow_and_idle_clients_are_dropped_and_capped_at_the_door() -> Result<()
         !sub.to_ascii_lowercase().contains("content-security-policy"),
         "{sub}"
     );
-    server.stop().await;
-    net.shutdown().await;
+    gw.stop().await;
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_share_one_byte_budget_for_segments() -> Result<()> {
-    let mut net = Network::start(Config {
-        nodes: 9,
-        ..Config::default()
-    })
-    .await?;
-    let mut data = vec![0; 32 << 20];
-    rand::rngs::StdRng::seed_from_u64(11).fill_bytes(&mut data);
-    let added = net.add(&data, &AddOptions::default()).await?;
     // One segment (6 pieces of 4 MiB) is the whole budget.
     let limits = Limits {
         running: 4,
@@ -228,10 +237,8 @@ async fn requests_share_one_byte_budget_for_segments() -> Result<()> {
         },
         ..Default::default()
     };
-    let listen = "127.0.0.1:0".parse()?;
-    let server = gateway::serve_with(net.client().await?, listen, limits).await?;
-    let addr = server.url.trim_start_matches("http://").to_owned();
-    let path = format!("/ipfs/{}", added.root);
+    let gw = serve(11, limits).await?;
+    let (addr, path) = (gw.addr.clone(), gw.path.clone());
 
     // A holds the budget with a segment it cannot send to a client that
     // does not read; B, with room to run, waits for bytes to hold.
@@ -247,7 +254,6 @@ async fn requests_share_one_byte_budget_for_segments() -> Result<()> {
     drop(a);
     let second = head(&mut b).await?;
     ensure!(second.starts_with("HTTP/1.1 200"), "{second}");
-    server.stop().await;
-    net.shutdown().await;
+    gw.stop().await;
     Ok(())
 }
