@@ -268,18 +268,16 @@ struct Named {
 impl Named {
     fn address(self) -> Result<Address> {
         let text = match (self.handle_file, self.cid) {
-            (Some(file), _) if file.as_os_str() == "-" => {
-                let mut text = String::new();
-                std::io::stdin()
-                    .take(4096)
-                    .read_to_string(&mut text)
-                    .context("cannot read a handle from stdin")?;
-                text
-            }
             (Some(file), _) => {
+                let from: Box<dyn std::io::Read> = match file.as_os_str() == "-" {
+                    true => Box::new(std::io::stdin()),
+                    false => Box::new(File::open(&file).with_context(|| {
+                        format!("cannot read a handle from {}", file.display())
+                    })?),
+                };
                 let mut text = String::new();
-                File::open(&file)
-                    .and_then(|f| f.take(4096).read_to_string(&mut text))
+                from.take(4096)
+                    .read_to_string(&mut text)
                     .with_context(|| format!("cannot read a handle from {}", file.display()))?;
                 text
             }

@@ -1310,8 +1310,6 @@ impl EventLoop {
         }
     }
 
-    /// Runs store work on a blocking thread, at most [`JOBS`] at once; its
-    /// answer waits out the node's fault delay.
     /// Whether a peer's request may queue for the store: at most
     /// [`QUEUED`] jobs wait or run; beyond, the peer is told busy at once
     /// and its request body is dropped.
@@ -1323,6 +1321,8 @@ impl EventLoop {
         room
     }
 
+    /// Runs store work on a blocking thread, at most [`JOBS`] at once; its
+    /// answer waits out the node's fault delay.
     fn spawn_job(&mut self, job: impl FnOnce(&Store) -> Done + Send + 'static) {
         let (store, done, permits, delay) = (
             self.store.clone(),
