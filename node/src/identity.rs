@@ -1,5 +1,7 @@
 //! The node's persistent ed25519 identity: `identity.key` in the data
-//! directory, libp2p's protobuf key encoding, file mode 0600.
+//! directory, libp2p's protobuf key encoding, file mode 0600. The data
+//! directory itself is made its owner's alone (0700) whenever the identity
+//! is loaded: node and bootstrap alike.
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write as _};
@@ -24,9 +26,16 @@ pub enum Error {
     Exposed { path: PathBuf, mode: u32 },
 }
 
-/// Loads the identity in `dir`, creating it on first start. Returns the key
-/// and whether it was created.
+/// Loads the identity in `dir`, creating it (and `dir`) on first start, and
+/// makes `dir` mode 0700. Returns the key and whether it was created.
 pub fn load_or_create(dir: &Path) -> Result<(Keypair, bool), Error> {
+    fs::create_dir_all(dir)
+        .and_then(|()| fs::set_permissions(dir, fs::Permissions::from_mode(0o700)))
+        .map_err(|source| Error::Io {
+            op: "create",
+            path: dir.to_path_buf(),
+            source,
+        })?;
     let path = dir.join(FILE);
     let io = |op| {
         let path = path.clone();
@@ -54,7 +63,6 @@ pub fn load_or_create(dir: &Path) -> Result<(Keypair, bool), Error> {
             Ok((key, false))
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            fs::create_dir_all(dir).map_err(io("create"))?;
             let key = Keypair::generate_ed25519();
             let bytes = key.to_protobuf_encoding().map_err(|e| Error::Malformed {
                 path: path.clone(),
@@ -88,7 +96,10 @@ mod tests {
     #[test]
     fn created_once_private_and_kept() {
         let dir = tempfile::tempdir().expect("tempdir");
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
         let (a, created) = load_or_create(dir.path()).expect("create");
+        let mode = fs::metadata(dir.path()).expect("stat").permissions().mode();
+        assert_eq!(mode & 0o777, 0o700, "the data directory is made private");
         assert!(created);
         let mode = fs::metadata(dir.path().join(FILE))
             .expect("stat")

@@ -541,14 +541,7 @@ impl Node {
     /// Opens the data directory, listens, dials the bootstrap peers and
     /// runs the event loop on the current tokio runtime.
     pub async fn start(config: Config) -> Result<Node, StartError> {
-        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-            StartError::from(store::Error::Io {
-                op: "create",
-                path: config.data_dir.clone(),
-                source: e,
-            })
-        })?;
-        private(&config.data_dir, 0o700)?;
+        // Creates the data directory, private, if need be.
         let (key, new_identity) = identity::load_or_create(&config.data_dir)?;
         let peer_id = key.public().to_peer_id();
         let mut limits = store::Limits::new(config.capacity);
@@ -595,7 +588,7 @@ impl Node {
             config.pinner.clone(),
         );
         for db in ["store/index.redb", "providers.redb", "pins.redb"] {
-            private(&config.data_dir.join(db), 0o600)?;
+            private(&config.data_dir.join(db))?;
         }
         let signer = identity::signing_key(&key)
             .ok_or_else(|| StartError::Network("identity is not an ed25519 key".into()))?;
@@ -675,12 +668,12 @@ impl Node {
     }
 }
 
-/// Gives `path` `mode`: the data directory is its owner's alone (0700),
-/// and so are its databases (0600), which say what the node stores, pins
-/// and knows of its peers.
-fn private(path: &Path, mode: u32) -> Result<(), StartError> {
+/// Makes a database its owner's alone (0600): it says what the node
+/// stores, pins and knows of its peers. (The data directory is made 0700
+/// with the identity.)
+fn private(path: &Path) -> Result<(), StartError> {
     use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|source| {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|source| {
         StartError::from(store::Error::Io {
             op: "chmod",
             path: path.to_path_buf(),
