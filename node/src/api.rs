@@ -830,3 +830,30 @@ impl Remote {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_loopback_host_is_answered() {
+        for host in [
+            "127.0.0.1:4100",
+            "localhost:4100",
+            "LOCALHOST",
+            "[::1]:4100",
+            "127.9.9.9",
+        ] {
+            assert!(loopback_host(host), "{host}");
+        }
+        for host in [
+            "evil.example:4100",
+            "10.0.0.1:4100",
+            "127.0.0.1.evil.example",
+            "[::2]:1",
+            "",
+        ] {
+            assert!(!loopback_host(host), "{host}");
+        }
+    }
+}

@@ -18,11 +18,10 @@
 //!
 //! A write goes tmp file, fsync of the file and of `tmp/`, index commit
 //! (durable), rename into `pieces/`, directory fsync; a delete goes rename
-//! into `trash/`, index
-//! commit, unlink. So after a crash only `tmp/` and `trash/` can hold strays,
-//! and [`Store::open`] settles each by whether the index has its CID: the
-//! startup check costs the number of operations in flight, not the number of
-//! pieces held.
+//! into `trash/`, index commit, unlink. So after a crash only `tmp/` and
+//! `trash/` can hold strays, and [`Store::open`] settles each by whether the
+//! index has its CID: the startup check costs the number of operations in
+//! flight, not the number of pieces held.
 //!
 //! Only a missing file, a wrong size or a wrong hash is damage, and removed;
 //! any other read error (EMFILE, ENOMEM, EIO) may pass and deletes nothing.

@@ -63,11 +63,6 @@ impl Budget {
         }
     }
 
-    /// Bytes not held by any read now.
-    pub fn available(&self) -> u64 {
-        (self.kib.available_permits() as u64) << 10
-    }
-
     /// What `bytes` cost, no more than the whole budget.
     fn cost(&self, bytes: u64) -> u32 {
         u32::try_from(bytes.div_ceil(1024))
